@@ -1,0 +1,201 @@
+"""The Persona MoE linear layer: a frozen base linear plus ten LoRA experts mixed by per-row gates.
+
+    y = W x + b + (alpha / r) * sum_e g[row, e] * B_e A_e x
+
+The experts are stored stacked, in :data:`personafuse.traits.POLES` order, so that a whole mix costs two
+matmuls (``A`` of shape [E*r, in], ``B`` of shape [out, E*r]) rather than a Python loop over experts:
+
+    xa    = x @ A.T                      # [batch, seq, E*r]
+    xa   *= gates repeated r times       # each row its own mix
+    delta = xa @ B.T * scaling           # [batch, seq, out]
+
+The gates are fixed for a whole reply (routing is per context), so everything that depends only on the gates
+is prepared once, when they are set, not at every decoded token (see :class:`GateState`):
+- only the experts with a non-zero gate in some row are kept (top-k gates fold to a rank k*r adapter);
+- when all rows share one mix, the gates and scaling are folded into B, so the turn's mix is exactly one
+  ordinary LoRA of rank (number of active experts) * r.
+Why not PEFT's multi-adapter LoRA: PEFT applies adapters one after another in a Python loop, and its
+mixed-batch mode selects one adapter per row, not a weighted mix per row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from personafuse.traits import POLES
+
+NUM_EXPERTS = len(POLES)
+
+
+@dataclass
+class GateState:
+    """Gates shared by every persona layer of one model, and a version so layers re-prepare lazily.
+
+    ``gates`` is ``None`` (or ``enabled`` false) for the exact base model; otherwise a float tensor
+    ``[batch, 10]``. A batch that is a multiple of the gates' rows (beam search, ``num_return_sequences``)
+    reuses each row's gates for its copies, matching how ``generate`` expands inputs (repeat_interleave).
+    """
+
+    gates: torch.Tensor | None = None
+    enabled: bool = True
+    version: int = 0
+    _shared: bool = field(default=False, repr=False)
+    _active: torch.Tensor | None = field(default=None, repr=False)
+
+    def set(self, gates: torch.Tensor | None) -> None:
+        """Set new gates ([batch, 10], non-negative) or ``None``; layers re-prepare on their next forward."""
+        if gates is not None:
+            if gates.dim() == 1:
+                gates = gates.unsqueeze(0)
+            if gates.dim() != 2 or gates.shape[1] != NUM_EXPERTS:
+                raise ValueError(f"gates must have shape [batch, {NUM_EXPERTS}], got {tuple(gates.shape)}")
+            gates = gates.detach() if not gates.requires_grad else gates
+            self._shared = bool((gates == gates[:1]).all())
+            active = (gates != 0).any(dim=0)
+            self._active = active.nonzero().flatten() if bool(active.any()) else None
+        else:
+            self._shared, self._active = False, None
+        self.gates = gates
+        self.version += 1
+
+    @property
+    def is_base(self) -> bool:
+        """True when layers must return exactly the base output."""
+        return not self.enabled or self.gates is None or self._active is None
+
+    @property
+    def shared(self) -> bool:
+        """True when every row has the same mix (the fold-into-one-LoRA fast path applies)."""
+        return self._shared
+
+    @property
+    def active_experts(self) -> torch.Tensor | None:
+        """Indices of experts with a non-zero gate in at least one row."""
+        return self._active
+
+
+class PersonaLoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` with ten stacked LoRA experts mixed by the shared :class:`GateState`."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float, state: GateState) -> None:
+        super().__init__()
+        self.base = base
+        self.rank = rank
+        self.scaling = float(alpha) / rank
+        self.state = state
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        # Stacked experts: rows e*r:(e+1)*r of A and columns e*r:(e+1)*r of B belong to expert POLES[e].
+        self.lora_A = nn.Parameter(torch.empty(NUM_EXPERTS * rank, base.in_features, **factory))  # [E*r, in]
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, NUM_EXPERTS * rank, **factory))  # [out, E*r]
+        self.reset_experts(init_b="zeros")
+        self.merged_gates: torch.Tensor | None = None
+        self._prepared_version = -1
+        self._prepared: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:  # some HF code reads .weight of projections (dtype/device checks)
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def reset_experts(self, init_b: str = "zeros", generator: torch.Generator | None = None) -> None:
+        """Re-initialise the experts: A as in PEFT (Kaiming uniform), B zeros (a no-op adapter) or random.
+
+        ``init_b="random"`` gives non-zero deltas, so tests of the mixing maths are not vacuous.
+        """
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(self.base.in_features)
+            self.lora_A.uniform_(-bound, bound, generator=generator)
+            if init_b == "zeros":
+                self.lora_B.zero_()
+            elif init_b == "random":
+                self.lora_B.normal_(0.0, 0.02, generator=generator)
+            else:
+                raise ValueError(f"init_b must be 'zeros' or 'random', got {init_b!r}")
+        self._prepared_version = -1
+
+    def expert_weights(self, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_e [r, in], B_e [out, r]) views of one expert."""
+        rows = slice(expert * self.rank, (expert + 1) * self.rank)
+        return self.lora_A[rows], self.lora_B[:, rows]
+
+    def _prepare(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Matrices for the current gates: (A_active, B_active, row_scale or None when folded into B)."""
+        state = self.state
+        active = state.active_experts
+        assert active is not None and state.gates is not None
+        r = self.rank
+        if active.numel() == NUM_EXPERTS:
+            a, b = self.lora_A, self.lora_B
+        else:
+            cols = (active.unsqueeze(1) * r + torch.arange(r, device=active.device)).flatten()  # [k*r]
+            a, b = self.lora_A[cols], self.lora_B[:, cols]  # [k*r, in], [out, k*r]
+        gates = state.gates[:, active].to(b.dtype)  # [batch, k]
+        scale = gates.repeat_interleave(r, dim=1) * self.scaling  # [batch, k*r]
+        if state.shared:
+            return a, b * scale[0], None  # one ordinary LoRA of rank k*r
+        return a, b, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        state = self.state
+        if state.is_base or self.merged_gates is not None:
+            return result
+        # Prepared matrices depend only on the gates; they are rebuilt when the gates change, and always
+        # while training (the gradient must flow into lora_A / lora_B, not into a stale copy).
+        if self.training or self._prepared_version != state.version or self._prepared is None:
+            prepared = self._prepare()
+            if not self.training:
+                self._prepared, self._prepared_version = prepared, state.version
+        else:
+            prepared = self._prepared
+        a, b, scale = prepared
+        xa = F.linear(self.dropout(x), a)  # [batch, seq, k*r]
+        if scale is not None:
+            rows = x.shape[0]
+            if scale.shape[0] != rows:
+                if rows % scale.shape[0]:
+                    raise ValueError(f"batch of {rows} rows does not match gates for {scale.shape[0]} rows")
+                scale = scale.repeat_interleave(rows // scale.shape[0], dim=0)
+            xa = xa * scale.view(rows, *([1] * (x.dim() - 2)), -1)  # broadcast over sequence
+        return result + F.linear(xa, b)
+
+    def delta_weight(self, gates: torch.Tensor) -> torch.Tensor:
+        """The dense weight delta (alpha/r) * sum_e g_e B_e A_e for one mix ``gates`` [10]: [out, in]."""
+        scale = gates.to(self.lora_B.dtype).repeat_interleave(self.rank) * self.scaling  # [E*r]
+        return (self.lora_B * scale) @ self.lora_A
+
+    def merge(self, gates: torch.Tensor) -> None:
+        """Add one fixed mix into the base weight; forward then costs exactly the base's."""
+        if self.merged_gates is not None:
+            raise RuntimeError("a persona is already merged; unmerge it first")
+        with torch.no_grad():
+            self.base.weight += self.delta_weight(gates).to(self.base.weight.dtype)
+        self.merged_gates = gates.detach().clone()
+
+    def unmerge(self) -> None:
+        """Subtract the merged mix again (float32: within ~1e-6 of the original weights)."""
+        if self.merged_gates is None:
+            return
+        with torch.no_grad():
+            self.base.weight -= self.delta_weight(self.merged_gates).to(self.base.weight.dtype)
+        self.merged_gates = None
+
+    def extra_repr(self) -> str:
+        return f"experts={NUM_EXPERTS}, rank={self.rank}, scaling={self.scaling:g}"
