@@ -139,9 +139,10 @@ class PersonaFuse:
 
     @classmethod
     def _assemble(cls, config: PersonaFuseConfig, device: str | None) -> PersonaFuse:
-        from personafuse.models import load_base_model
+        from personafuse.models import load_base_model, resolve_base_path
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        resolve_base_path(config.base)  # fail on a bad base name before spending time on the encoder
         persona_router = PersonaRouter.create(config.encoder, config.router, config.head_hidden, device)
         if config.embed_dim and config.embed_dim != persona_router.embed_dim:
             from personafuse.errors import ModelLoadError

@@ -98,6 +98,8 @@ def extract_json_object(text: str) -> dict[str, Any]:
         raise ReplyInvalid("no_json", "the reply is empty; it must be one JSON object")
     candidates = [stripped, *(m.strip() for m in _FENCE.findall(stripped))]
     candidates += [span for c in candidates for span in _balanced_objects(c)]
+    if "{" in stripped:  # last resort, and the source of the error message for a reply cut off mid-object
+        candidates.append(stripped[stripped.index("{") :])
     first_error: json.JSONDecodeError | None = None
     for candidate in candidates:
         try:
@@ -109,15 +111,10 @@ def extract_json_object(text: str) -> dict[str, Any]:
         if isinstance(value, dict):
             return value
     if first_error is not None:
-        raise ReplyInvalid(
-            "malformed_json",
-            f"invalid JSON: {first_error.msg} at line {first_error.lineno} column {first_error.colno}",
-        )
-    if "{" in stripped:
-        raise ReplyInvalid(
-            "malformed_json",
-            "the JSON object is not closed (unbalanced braces; was the reply cut off by max_tokens?)",
-        )
+        where = f"{first_error.msg} at line {first_error.lineno} column {first_error.colno}"
+        if first_error.pos >= len(first_error.doc.rstrip()) or first_error.msg.startswith("Unterminated string"):
+            where += " (the reply ends before the JSON object does; was it cut off by max_tokens?)"
+        raise ReplyInvalid("malformed_json", f"invalid JSON: {where}")
     raise ReplyInvalid("no_json", "the reply holds no JSON object; it must be one JSON object")
 
 

@@ -1,0 +1,5 @@
+"""`python -m personafuse.cli` = the `personafuse` command."""
+
+from personafuse.cli import main
+
+main()
