@@ -49,8 +49,8 @@ def test_shared_mix_folds_into_one_lora_and_matches_naive():
     gates = random_gates(1).expand(4, E).clone()
     state.set(gates)
     assert state.shared
-    a, b, scale = layer._prepare()
-    assert scale is None and a.shape == (E * 4, 16) and b.shape == (12, E * 4)
+    kind, a, b, scale = layer._prepare()
+    assert kind == "fold" and scale is None and a.shape == (E * 4, 16) and b.shape == (12, E * 4)
     torch.testing.assert_close(layer(x), naive(layer, x, gates), atol=1e-5, rtol=0)
 
 
@@ -62,9 +62,22 @@ def test_top_k_gates_use_only_active_experts_and_match_naive(rows):
     assert ((gates > 0).sum(dim=1) == 3).all()
     torch.testing.assert_close(gates.sum(dim=1), torch.ones(rows))
     state.set(gates)
-    a, _, _ = layer._prepare()
-    assert a.shape[0] == state.active_experts.numel() * layer.rank <= 3 * rows * layer.rank
+    kind, a, _, _ = layer._prepare()
+    if rows == 1:
+        assert kind == "fold" and a.shape == (3 * layer.rank, 16), "top-3 folds to a rank-3r adapter"
+    else:
+        assert kind == "gather" and a.shape == (rows, 16, 3 * layer.rank), "each row pays for its 3 experts"
     torch.testing.assert_close(layer(x), naive(layer, x, gates), atol=1e-5, rtol=0)
+
+
+def test_hard_routing_gathers_one_expert_per_row_and_expands_for_beams():
+    layer, state = make_layer()
+    gates = torch.zeros(3, E)
+    gates[0, 6], gates[1, 0], gates[2, 9] = 1.0, 1.0, 0.5  # rows with different single experts
+    state.set(gates)
+    assert layer._prepare()[0] == "gather"
+    x = torch.randn(6, 2, 16)
+    torch.testing.assert_close(layer(x), naive(layer, x, gates.repeat_interleave(2, dim=0)), atol=1e-5, rtol=0)
 
 
 def test_merged_persona_matches_naive_and_unmerge_restores_weights():
@@ -143,3 +156,19 @@ def test_one_training_step_changes_every_expert_param_and_nothing_frozen():
 def test_gate_state_rejects_wrong_shape():
     with pytest.raises(ValueError, match=r"gates must have shape \[batch, 10\]"):
         GateState().set(torch.ones(2, 9))
+
+
+def test_injected_layers_follow_the_models_eval_mode(tiny_pf):
+    from personafuse.moe import persona_layers
+
+    assert not tiny_pf.model.training
+    assert all(not layer.training for _, layer in persona_layers(tiny_pf.model))
+
+
+def test_prepared_matrices_are_reused_across_decode_steps():
+    layer, state = make_layer()
+    state.set(random_gates(2))
+    layer(torch.randn(2, 1, 16))
+    prepared = layer._prepared
+    layer(torch.randn(2, 1, 16))
+    assert layer._prepared is prepared, "gates did not change, so nothing is re-prepared"

@@ -34,8 +34,8 @@ from personafuse.traits import POLES, Activation, Gates, PersonaError, Routing
 logger = logging.getLogger(__name__)
 
 Conversation = Sequence[Mapping[str, str]]
-PersonaSpec = None | str | Routing | Gates | Activation | Mapping[str, Any]
-"""None = route automatically; "off" = base model; Routing / Gates / Activation; {"A+": 0.7} gates;
+PersonaSpec = None | str | Routing | Gates | Activation | torch.Tensor | Mapping[str, Any]
+"""None = route automatically; "off" = base model; Routing / Gates / Activation / a [10] tensor; {"A+": 0.7} gates;
 {"activation": {"A": 0.8}} an activation that the router turns into gates."""
 
 CONFIG_NAME = "config.json"
@@ -235,6 +235,8 @@ class PersonaFuse:
             return torch.tensor(persona.gates.values)
         if isinstance(persona, Gates):
             return torch.tensor(persona.values)
+        if isinstance(persona, torch.Tensor):
+            return torch.tensor(Gates.from_sequence(persona.detach().flatten().cpu().tolist()).values)
         if isinstance(persona, Activation):
             return self.persona_router.gates_from_activation(persona)
         if isinstance(persona, Mapping):

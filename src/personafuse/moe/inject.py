@@ -67,7 +67,9 @@ def inject_persona_layers(model: nn.Module, config: ExpertConfig, state: GateSta
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
-        setattr(parent, child, PersonaLoRALinear(base, config.rank, config.alpha, config.dropout, state))
+        layer = PersonaLoRALinear(base, config.rank, config.alpha, config.dropout, state)
+        layer.train(base.training)  # a new module starts in training mode; follow the model's mode
+        setattr(parent, child, layer)
     return names
 
 

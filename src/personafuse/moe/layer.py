@@ -31,6 +31,9 @@ from personafuse.traits import POLES
 
 NUM_EXPERTS = len(POLES)
 
+Prepared = tuple[str, torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+"""(kind, first matrix, second matrix, per-row scale or None): see :meth:`PersonaLoRALinear._prepare`."""
+
 
 @dataclass
 class GateState:
@@ -96,7 +99,7 @@ class PersonaLoRALinear(nn.Module):
         self.reset_experts(init_b="zeros")
         self.merged_gates: torch.Tensor | None = None
         self._prepared_version = -1
-        self._prepared: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        self._prepared: Prepared | None = None
 
     @property
     def in_features(self) -> int:
@@ -135,22 +138,40 @@ class PersonaLoRALinear(nn.Module):
         rows = slice(expert * self.rank, (expert + 1) * self.rank)
         return self.lora_A[rows], self.lora_B[:, rows]
 
-    def _prepare(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Matrices for the current gates: (A_active, B_active, row_scale or None when folded into B)."""
+    def _prepare(self) -> Prepared:
+        """Matrices for the current gates; which form depends on how the rows' mixes relate.
+
+        - shared mix: ``("fold", A_act [k*r, in], B_act * gates [out, k*r])``, one ordinary LoRA;
+        - sparse distinct mixes (each row fewer experts than the batch's union, e.g. top-k or hard routing
+          in stage-1 training): ``("gather", A_rows [batch, in, kmax*r], B_rows * gates [batch, kmax*r, out])``,
+          two batched matmuls at the cost of one rank kmax*r LoRA per row;
+        - dense distinct mixes: ``("stack", A_act, B_act, scale [batch, k*r])``.
+        """
         state = self.state
         active = state.active_experts
         assert active is not None and state.gates is not None
         r = self.rank
+        gates = state.gates.to(self.lora_B.dtype)  # [batch, E]
+        if not state.shared:
+            per_row = (gates != 0).sum(dim=1)  # [batch]
+            kmax = int(per_row.max())
+            if kmax < active.numel():
+                idx = gates.topk(kmax, dim=1).indices  # [batch, kmax]; zero gates pad rows with fewer experts
+                row_gates = gates.gather(1, idx) * self.scaling  # [batch, kmax]
+                a_rows = self.lora_A.view(NUM_EXPERTS, r, -1)[idx]  # [batch, kmax, r, in]
+                a_rows = a_rows.flatten(1, 2).transpose(1, 2)  # [batch, in, kmax*r]
+                b_rows = self.lora_B.view(self.out_features, NUM_EXPERTS, r).permute(1, 2, 0)[idx]  # [b, kmax, r, out]
+                b_rows = b_rows * row_gates[:, :, None, None]
+                return ("gather", a_rows, b_rows.flatten(1, 2), None)  # [batch, kmax*r, out]
         if active.numel() == NUM_EXPERTS:
             a, b = self.lora_A, self.lora_B
         else:
             cols = (active.unsqueeze(1) * r + torch.arange(r, device=active.device)).flatten()  # [k*r]
             a, b = self.lora_A[cols], self.lora_B[:, cols]  # [k*r, in], [out, k*r]
-        gates = state.gates[:, active].to(b.dtype)  # [batch, k]
-        scale = gates.repeat_interleave(r, dim=1) * self.scaling  # [batch, k*r]
+        scale = gates[:, active].repeat_interleave(r, dim=1) * self.scaling  # [batch, k*r]
         if state.shared:
-            return a, b * scale[0], None  # one ordinary LoRA of rank k*r
-        return a, b, scale
+            return ("fold", a, b * scale[0], None)
+        return ("stack", a, b, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
@@ -165,15 +186,25 @@ class PersonaLoRALinear(nn.Module):
                 self._prepared, self._prepared_version = prepared, state.version
         else:
             prepared = self._prepared
-        a, b, scale = prepared
+        kind, a, b, scale = prepared
+        if kind == "fold":
+            return result + F.linear(F.linear(self.dropout(x), a), b)
+        rows = x.shape[0]
+        first = a if kind == "gather" else scale
+        if first.shape[0] != rows:  # generate() expanded each row (beams, num_return_sequences)
+            if rows % first.shape[0]:
+                raise ValueError(f"batch of {rows} rows does not match gates for {first.shape[0]} rows")
+            repeat = rows // first.shape[0]
+            if kind == "gather":
+                a, b = a.repeat_interleave(repeat, dim=0), b.repeat_interleave(repeat, dim=0)
+            else:
+                scale = scale.repeat_interleave(repeat, dim=0)
+        if kind == "gather":
+            flat = self.dropout(x).reshape(rows, -1, x.shape[-1])  # [batch, tokens, in]
+            delta = torch.bmm(torch.bmm(flat, a), b)  # [batch, tokens, out]
+            return result + delta.view(result.shape)
         xa = F.linear(self.dropout(x), a)  # [batch, seq, k*r]
-        if scale is not None:
-            rows = x.shape[0]
-            if scale.shape[0] != rows:
-                if rows % scale.shape[0]:
-                    raise ValueError(f"batch of {rows} rows does not match gates for {scale.shape[0]} rows")
-                scale = scale.repeat_interleave(rows // scale.shape[0], dim=0)
-            xa = xa * scale.view(rows, *([1] * (x.dim() - 2)), -1)  # broadcast over sequence
+        xa = xa * scale.view(rows, *([1] * (x.dim() - 2)), -1)  # broadcast over the sequence
         return result + F.linear(xa, b)
 
     def delta_weight(self, gates: torch.Tensor) -> torch.Tensor:
