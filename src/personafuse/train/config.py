@@ -74,6 +74,40 @@ class RouterStageConfig:
     """Weight of the trait-consistency (supervised contrastive) loss."""
     w_regression: float = 1.0
     """Weight of the regression loss to the signed activations."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step; the contrastive losses see all of them at once (GradCache)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    """Learning rate over the steps: constant, or cosine decay to 0."""
+    consistency_temperature: float = 0.1
+    """Temperature of the trait-consistency loss between persona embeddings of one batch."""
+    regression: Literal["mse", "smooth_l1"] = "mse"
+    """Regression loss between the head's tanh activation and the labels."""
+    w_gates: float = 0.1
+    """Weight of the KL from the labels' target gates to the router's gates (0 leaves the router as initialised)."""
+    eval_test: bool = False
+    """Also score the test split; leave off while tuning (tune on val only), turn on once at the end."""
+
+    def __post_init__(self) -> None:
+        from personafuse.errors import ConfigError
+
+        problems = []
+        for name in ("epochs", "batch_size", "grad_accum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("lr", "temperature", "consistency_temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                default = {f.name: f.default for f in dataclasses.fields(self)}[name]
+                problems.append(f"{name} must be a number > 0, got {value!r}; the default is {default}")
+        for name in ("w_contrastive", "w_consistency", "w_regression", "w_gates", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                problems.append(f"{name} must be a number >= 0, got {value!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 @dataclass
