@@ -16,6 +16,7 @@ def bench(
         "-m",
         help="Base LLM (alias, HF folder/id, or random:CONFIG.json for random weights).",
     ),  # fmt: skip
+    encoder: str = typer.Option("minilm-l6", "--encoder", help="Sentence encoder (alias, folder or id) for routing."),
     rank: int = typer.Option(8, "--rank", help="LoRA rank of each expert."),
     batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="Comma-separated decode batch sizes."),
     new_tokens: int = typer.Option(32, "--new-tokens", help="Decoded tokens per measurement."),
@@ -39,7 +40,7 @@ def bench(
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     except ValueError:
         raise ConfigError(f"--batch-sizes {batch_sizes!r} must be comma-separated integers, e.g. 1,8") from None
-    config = BenchConfig(model=model, rank=rank, batch_sizes=sizes, new_tokens=new_tokens,
+    config = BenchConfig(model=model, encoder=encoder, rank=rank, batch_sizes=sizes, new_tokens=new_tokens,
                          prompt_tokens=prompt_tokens, repeats=repeats,
                          modes=[m.strip() for m in modes.split(",") if m.strip()], dtype=dtype, device=device,
                          train_steps=train_steps)  # fmt: skip

@@ -58,10 +58,11 @@ RANDOM_PREFIX = "random:"
 
 
 def _random_model(config_path: str, dtype, device: str | None):
-    """A randomly initialised causal LM of ``config_path``'s shape with the SmolLM2 tokenizer.
+    """A randomly initialised causal LM of ``config_path``'s shape (a config.json or a folder holding one).
 
     Speed and memory do not depend on trained values, so this measures a Llama-3.1-8B-shaped model without
-    its 16 GB of weights; prompts are random token ids below the tokenizer's vocabulary.
+    its 16 GB of weights. The tokenizer is the one in the config's folder, else SmolLM2's; benchmark prompts
+    are random token ids below the tokenizer's vocabulary.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -69,13 +70,16 @@ def _random_model(config_path: str, dtype, device: str | None):
     from personafuse.errors import ModelLoadError
     from personafuse.models.aliases import DEFAULT_BASE
 
-    if not Path(config_path).is_file():
-        raise ModelLoadError(f"random-weights config {config_path!r} does not exist; give a HF config.json path")
-    config = AutoConfig.from_pretrained(config_path)
+    path = Path(config_path).expanduser()
+    folder = path if path.is_dir() else path.parent
+    if not (path / "config.json" if path.is_dir() else path).is_file():
+        raise ModelLoadError(f"random-weights config {config_path!r} does not exist; give a HF config.json or its folder")
+    config = AutoConfig.from_pretrained(str(path))
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     with torch.device(device or "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_path(DEFAULT_BASE))
+    has_tokenizer = (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder) if has_tokenizer else resolve_base_path(DEFAULT_BASE))
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
