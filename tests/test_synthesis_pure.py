@@ -132,7 +132,10 @@ def test_near_duplicate_filter_rejects_bad_settings():
         ('  \n{"a": [1, {"b": 2}]}\n', {"a": [1, {"b": 2}]}),
         ('```json\n{"a": 1}\n```', {"a": 1}),
         ('Sure! Here it is:\n```\n{"a": 1}\n```\nHope that helps.', {"a": 1}),
-        ('Here you go: {"a": "braces } and { inside", "b": "quote \\" }"} -- done', {"a": "braces } and { inside", "b": 'quote " }'}),
+        (
+            'Here you go: {"a": "braces } and { inside", "b": "quote \\" }"} -- done',
+            {"a": "braces } and { inside", "b": 'quote " }'},
+        ),
         ('{"a": 1} and then {"b": 2}', {"a": 1}),
         ('prose {not json} then {"a": 1}', {"a": 1}),
     ],
@@ -194,7 +197,9 @@ def test_validate_reply_accepts_and_normalises():
     import json
 
     reply = validate_reply(
-        "```json\n" + json.dumps({"analysis": ANALYSIS, "activation": dict(O=0.333, C=-1, E=0, A=0.8, N=-0.5)}) + "\n```",
+        "```json\n"
+        + json.dumps({"analysis": ANALYSIS, "activation": dict(O=0.333, C=-1, E=0, A=0.8, N=-0.5)})
+        + "\n```",
         AnnotationReply,
     )
     assert reply.activation == {"O": 0.33, "C": -1.0, "E": 0.0, "A": 0.8, "N": -0.5}
@@ -297,6 +302,8 @@ def test_prompt_templates_load_and_render_completely(name):
 
 
 def test_prompt_files_are_listed_and_unknown_ones_fail_clearly():
-    assert {"annotate.v1", "ideal.v1", "pole_guide.v1", "poles.v1", "repair.v1", "situations.v1"} <= set(prompt_names())
+    assert {"annotate.v1", "ideal.v1", "pole_guide.v1", "poles.v1", "repair.v1", "situations.v1"} <= set(
+        prompt_names()
+    )
     with pytest.raises(FileNotFoundError, match=r"no prompt file annotate.v9.txt .*available: annotate.v1"):
         load_prompt("annotate", "v9")

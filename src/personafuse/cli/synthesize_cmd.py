@@ -6,12 +6,15 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 from urllib.parse import urlparse
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from personafuse.data.synthesis import SynthesisSummary
 
 __all__ = ["register"]
 
@@ -83,7 +86,9 @@ def synthesize(
     if not key:
         host = urlparse(base_url).hostname or ""
         if host in _HOSTS_NEEDING_KEY:
-            raise ConfigError(f"{host} needs an API key: set ${api_key_env} (or name another variable with --api-key-env)")
+            raise ConfigError(
+                f"{host} needs an API key: set ${api_key_env} (or name another variable with --api-key-env)"
+            )
         key = API_KEY_PLACEHOLDER
     config = SynthesisConfig(
         base_url=base_url,
@@ -105,26 +110,30 @@ def synthesize(
         id_prefix=id_prefix,
         retry_rejected=retry_rejected,
     )
-    pipeline = SynthesisPipeline(config, show_progress=True)
+    err = Console(stderr=True)
+    # The bar only on a terminal: in logs and pipes it would add lines around the one-line errors.
+    pipeline = SynthesisPipeline(config, show_progress=err.is_terminal, console=err)
     try:
         summary = asyncio.run(pipeline.run())
     except KeyboardInterrupt:
         records = len(pipeline.stores["records"])
-        Console(stderr=True).print(
+        err.print(
             f"interrupted: {records} records and every finished stage item are kept in {out}; "
-            "rerun the same command to resume"
+            "rerun the same command to resume",
+            soft_wrap=True,
         )
-        raise typer.Exit(130) from None
+        # SystemExit, not typer.Exit: the runner calls the app with standalone_mode=False, where click turns
+        # Exit into a return value and the process would end with status 0.
+        raise SystemExit(130) from None
     if json_output:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
         return
     _print_summary(summary)
 
 
-def _print_summary(summary: object) -> None:
-    from personafuse.data.synthesis import STAGE_NAMES, SynthesisSummary
+def _print_summary(summary: SynthesisSummary) -> None:
+    from personafuse.data.synthesis import STAGE_NAMES
 
-    assert isinstance(summary, SynthesisSummary)
     console = Console()
     table = Table(title=f"synthesis into {summary.out_dir}", show_edge=False)
     table.add_column("stage")

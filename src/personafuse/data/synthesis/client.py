@@ -181,13 +181,19 @@ class ChatClient:
                 retry_after = _retry_after(exc)
             except openai.APIStatusError as exc:
                 if exc.status_code not in _RETRY_STATUS:
-                    raise RequestFailed("bad_request", f"HTTP {exc.status_code}: {_short(exc)}", transient=False) from None
+                    raise RequestFailed(
+                        "bad_request", f"HTTP {exc.status_code}: {_short(exc)}", transient=False
+                    ) from None
                 failure = RequestFailed("server_error", f"HTTP {exc.status_code}: {_short(exc)}", transient=True)
             else:
                 return self._completion(response)
             if attempt < cfg.max_retries:
                 delay = backoff_delay(
-                    attempt, initial=cfg.backoff_initial, maximum=cfg.backoff_max, retry_after=retry_after, rng=self._rng
+                    attempt,
+                    initial=cfg.backoff_initial,
+                    maximum=cfg.backoff_max,
+                    retry_after=retry_after,
+                    rng=self._rng,
                 )
                 logger.debug("%s; retry %d/%d in %.2f s", failure, attempt + 1, cfg.max_retries, delay)
                 await self._sleep(delay)

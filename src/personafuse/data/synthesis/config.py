@@ -206,7 +206,7 @@ class SynthesisConfig:
             "base_url": self.base_url,
             "model": self.model,
             "out_dir": str(self.out_dir),
-            "domains": list(self.domain_descriptions),
+            "domains": dict(self.domain_descriptions),
             "per_domain": self.per_domain,
             "batch_size": self.batch_size,
             "concurrency": self.concurrency,

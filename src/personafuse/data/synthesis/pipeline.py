@@ -249,8 +249,12 @@ class SynthesisPipeline:
                 self._progress.advance(task)
         if free:
             done = cfg.per_domain - len(free)
-            self.summary.incomplete_domains[domain] = f"{done}/{cfg.per_domain} situations after {rounds} requests"
-            logger.warning("domain %s: only %d of %d situations after %d requests", domain, done, cfg.per_domain, rounds)
+            self.summary.incomplete_domains[domain] = (
+                f"{done}/{cfg.per_domain} situations after {rounds} batch requests"
+            )
+            logger.warning(
+                "domain %s: only %d of %d situations after %d batch requests", domain, done, cfg.per_domain, rounds
+            )
 
     async def _run_situations(self) -> None:
         cfg = self.config
@@ -268,7 +272,9 @@ class SynthesisPipeline:
 
     def _ready(self, needs: tuple[str, ...]) -> list[str]:
         """Ids of this run's domains that every stage in ``needs`` has written, in id order."""
-        ids = [i for i, row in self.stores["situations"].rows.items() if row["domain"] in self.config.domain_descriptions]
+        ids = [
+            i for i, row in self.stores["situations"].rows.items() if row["domain"] in self.config.domain_descriptions
+        ]
         return sorted(i for i in ids if all(i in self.stores[name] for name in needs))
 
     def _todo(self, stage: str, needs: tuple[str, ...]) -> list[str]:
@@ -355,7 +361,12 @@ class SynthesisPipeline:
             summary = self._finish_summary(started)
             append_jsonl(
                 self.config.out_dir / "runs.jsonl",
-                {"started": begun, "status": status, "config": self.config.public_dict(), "summary": summary.to_dict()},
+                {
+                    "started": begun,
+                    "status": status,
+                    "config": self.config.public_dict(),
+                    "summary": summary.to_dict(),
+                },
             )
             await self.client.aclose()
 

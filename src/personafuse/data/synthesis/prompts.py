@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from string import Template
 
@@ -63,7 +63,7 @@ class PromptTemplate:
         return messages
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_prompt(name: str, version: str) -> PromptTemplate:
     """Load ``<name>.<version>.txt``.
 
@@ -82,7 +82,7 @@ def load_prompt(name: str, version: str) -> PromptTemplate:
     return PromptTemplate(f"{name}.{version}", sections.get("system"), sections["user"])
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_fragment(name: str, version: str) -> str:
     """The text of a fragment file ``<name>.<version>.txt`` (no sections), e.g. the pole guide."""
     return _read(f"{name}.{version}.txt").strip("\n")

@@ -132,7 +132,9 @@ async def draft_situations(
     avoid_block = ""
     if avoid:
         lines = "\n".join(f"- {text}" for text in avoid)
-        avoid_block = f"\nSituations already written for this domain; do not repeat their openings or topics:\n{lines}\n"
+        avoid_block = (
+            f"\nSituations already written for this domain; do not repeat their openings or topics:\n{lines}\n"
+        )
     messages = template.render(
         count=str(count), domain=domain, description=ctx.config.domain_descriptions[domain], avoid=avoid_block
     )
