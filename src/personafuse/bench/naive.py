@@ -25,7 +25,7 @@ def _naive_forward(self: PersonaLoRALinear, x: torch.Tensor) -> torch.Tensor:
         return result
     if gates.shape[0] != x.shape[0]:
         gates = gates.repeat_interleave(x.shape[0] // gates.shape[0], dim=0)
-    weights = gates.view(x.shape[0], *([1] * (x.dim() - 1)), NUM_EXPERTS)  # [batch, 1, 1, E]
+    weights = gates.to(x.dtype).view(x.shape[0], *([1] * (x.dim() - 1)), NUM_EXPERTS)  # [batch, 1, 1, E]
     for expert in range(NUM_EXPERTS):  # PEFT-style: one adapter after another
         a, b = self.expert_weights(expert)
         result = result + F.linear(F.linear(x, a), b) * self.scaling * weights[..., expert]

@@ -49,6 +49,18 @@ class GateState:
     version: int = 0
     _shared: bool = field(default=False, repr=False)
     _active: torch.Tensor | None = field(default=None, repr=False)
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def memo(self, key: tuple, compute):
+        """Gate-derived tensors shared by every layer of the same rank/scaling/dtype (cleared by :meth:`set`).
+
+        Preparing 200+ layers for new gates then costs one small op per layer instead of several.
+        """
+        if self.gates is not None and self.gates.requires_grad:
+            return compute()  # a differentiable mix (router training): never reuse a graph across steps
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def set(self, gates: torch.Tensor | None) -> None:
         """Set new gates ([batch, 10], non-negative) or ``None``; layers re-prepare on their next forward."""
@@ -64,6 +76,7 @@ class GateState:
         else:
             self._shared, self._active = False, None
         self.gates = gates
+        self._memo = {}
         self.version += 1
 
     @property
@@ -151,27 +164,39 @@ class PersonaLoRALinear(nn.Module):
         active = state.active_experts
         assert active is not None and state.gates is not None
         r = self.rank
-        gates = state.gates.to(self.lora_B.dtype)  # [batch, E]
+        dtype, device = self.lora_B.dtype, self.lora_B.device
         if not state.shared:
-            per_row = (gates != 0).sum(dim=1)  # [batch]
-            kmax = int(per_row.max())
-            if kmax < active.numel():
-                idx = gates.topk(kmax, dim=1).indices  # [batch, kmax]; zero gates pad rows with fewer experts
-                row_gates = gates.gather(1, idx) * self.scaling  # [batch, kmax]
+            plan = state.memo(("gather", r, self.scaling, dtype, device), lambda: self._gather_plan(active))
+            if plan is not None:
+                idx, row_gates = plan
                 a_rows = self.lora_A.view(NUM_EXPERTS, r, -1)[idx]  # [batch, kmax, r, in]
                 a_rows = a_rows.flatten(1, 2).transpose(1, 2)  # [batch, in, kmax*r]
                 b_rows = self.lora_B.view(self.out_features, NUM_EXPERTS, r).permute(1, 2, 0)[idx]  # [b, kmax, r, out]
                 b_rows = b_rows * row_gates[:, :, None, None]
                 return ("gather", a_rows, b_rows.flatten(1, 2), None)  # [batch, kmax*r, out]
-        if active.numel() == NUM_EXPERTS:
-            a, b = self.lora_A, self.lora_B
-        else:
-            cols = (active.unsqueeze(1) * r + torch.arange(r, device=active.device)).flatten()  # [k*r]
-            a, b = self.lora_A[cols], self.lora_B[:, cols]  # [k*r, in], [out, k*r]
-        scale = gates[:, active].repeat_interleave(r, dim=1) * self.scaling  # [batch, k*r]
+        cols, scale = state.memo(("stack", r, self.scaling, dtype, device), lambda: self._stack_plan(active))
+        a, b = (self.lora_A, self.lora_B) if cols is None else (self.lora_A[cols], self.lora_B[:, cols])
         if state.shared:
             return ("fold", a, b * scale[0], None)
         return ("stack", a, b, scale)
+
+    def _gather_plan(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(expert index [batch, kmax], gate·scaling [batch, kmax]) when rows are sparser than their union."""
+        gates = self.state.gates.to(self.lora_B.dtype)  # [batch, E]
+        kmax = int((gates != 0).sum(dim=1).max())
+        if kmax >= active.numel():
+            return None
+        idx = gates.topk(kmax, dim=1).indices  # zero gates pad the rows with fewer experts
+        return idx, gates.gather(1, idx) * self.scaling
+
+    def _stack_plan(self, active: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(columns of the active experts, or None for all; per-row scale [batch, k*r])."""
+        r = self.rank
+        gates = self.state.gates.to(self.lora_B.dtype)
+        cols = None
+        if active.numel() != NUM_EXPERTS:
+            cols = (active.unsqueeze(1) * r + torch.arange(r, device=active.device)).flatten()  # [k*r]
+        return cols, gates[:, active].repeat_interleave(r, dim=1) * self.scaling  # [batch, k*r]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
@@ -187,8 +212,11 @@ class PersonaLoRALinear(nn.Module):
         else:
             prepared = self._prepared
         kind, a, b, scale = prepared
+        out_2d = result.view(-1, result.shape[-1])  # [tokens, out]
         if kind == "fold":
-            return result + F.linear(F.linear(self.dropout(x), a), b)
+            xa = F.linear(self.dropout(x), a)  # [batch, seq, k*r]
+            # addmm fuses the second matmul with the residual add: one kernel fewer per layer and token.
+            return torch.addmm(out_2d, xa.view(-1, xa.shape[-1]), b.T).view(result.shape)
         rows = x.shape[0]
         first = a if kind == "gather" else scale
         if first.shape[0] != rows:  # generate() expanded each row (beams, num_return_sequences)
@@ -201,11 +229,11 @@ class PersonaLoRALinear(nn.Module):
                 scale = scale.repeat_interleave(repeat, dim=0)
         if kind == "gather":
             flat = self.dropout(x).reshape(rows, -1, x.shape[-1])  # [batch, tokens, in]
-            delta = torch.bmm(torch.bmm(flat, a), b)  # [batch, tokens, out]
-            return result + delta.view(result.shape)
+            xa = torch.bmm(flat, a)  # [batch, tokens, kmax*r]
+            return torch.baddbmm(result.view(rows, -1, result.shape[-1]), xa, b).view(result.shape)
         xa = F.linear(self.dropout(x), a)  # [batch, seq, k*r]
         xa = xa * scale.view(rows, *([1] * (x.dim() - 2)), -1)  # broadcast over the sequence
-        return result + F.linear(xa, b)
+        return torch.addmm(out_2d, xa.view(-1, xa.shape[-1]), b.T).view(result.shape)
 
     def delta_weight(self, gates: torch.Tensor) -> torch.Tensor:
         """The dense weight delta (alpha/r) * sum_e g_e B_e A_e for one mix ``gates`` [10]: [out, in]."""
