@@ -87,9 +87,9 @@ def decode_throughput(pf, modes: list[str], batch: int, new_tokens: int, prompt_
 
     order = ["base", *[m for m in modes if m != "base"]]
     samples: dict[str, list[float]] = {m: [] for m in order}
-    for mode in order:  # warm-up: allocator, kernels, prepared matrices
+    for mode in order:  # warm-up at full length: allocator, kernels, prepared matrices, GPU clocks
         with mode_context(pf, mode, batch, xlora_model) as model:
-            generate(model, 2)
+            generate(model, new_tokens)
     for _ in range(repeats):
         for mode in order:
             with mode_context(pf, mode, batch, xlora_model) as model:
