@@ -24,6 +24,7 @@ demo: install
 	$(PY) examples/demo.py
 
 test: install
+	bash scripts/install_chromium.sh $(PY)
 	$(PY) -m pytest -m "not gpu" -q
 
 test-fast: install

@@ -221,7 +221,7 @@ class PersonaFuse:
         """
         return self.persona_router.route(texts)
 
-    def _gates_of(self, persona: PersonaSpec) -> torch.Tensor | None:
+    def gates_of(self, persona: PersonaSpec) -> torch.Tensor | None:
         """One persona spec -> gates [10], or None to route automatically."""
         if persona is None:
             return None
@@ -243,7 +243,7 @@ class PersonaFuse:
             if set(persona) == {"activation"}:
                 if not isinstance(persona["activation"], Mapping):
                     raise PersonaError('persona {"activation": ...} needs a mapping like {"A": 0.8, "N": -0.5}')
-                return self._gates_of(Activation.from_mapping(persona["activation"]))
+                return self.gates_of(Activation.from_mapping(persona["activation"]))
             return torch.tensor(Gates.from_mapping(persona).values)
         raise PersonaError(
             f"persona {persona!r} is not understood; use None (auto), 'off', a Routing, gates like "
@@ -263,7 +263,7 @@ class PersonaFuse:
             specs = list(persona)
         else:
             specs = [persona] * len(conversations)
-        rows: list[torch.Tensor | None] = [self._gates_of(spec) for spec in specs]
+        rows: list[torch.Tensor | None] = [self.gates_of(spec) for spec in specs]
         auto = [i for i, row in enumerate(rows) if row is None]
         if auto:
             _, routed = self.persona_router.activations_and_gates([conversation_text(conversations[i]) for i in auto])
@@ -294,7 +294,7 @@ class PersonaFuse:
 
     def merge(self, persona: PersonaSpec) -> torch.Tensor:
         """Merge one fixed persona into the base weights (fastest decoding); returns its gates [10]."""
-        gates = self._gates_of(persona)
+        gates = self.gates_of(persona)
         if gates is None:
             raise PersonaError("merge needs a fixed persona (gates or an activation), not automatic routing")
         merge_persona(self.model, gates.to(self.device))

@@ -68,7 +68,7 @@ def export(
 
         with console.status(f"merging the persona into the base weights and writing {out}", spinner="dots"):
             folder = export_merged(pf, spec, out, overwrite=overwrite)
-        gates = pf._gates_of(spec).tolist()  # type: ignore[union-attr]
+        gates = pf.gates_of(spec).tolist()  # type: ignore[union-attr]
         if as_json:
             from personafuse.traits import POLES
 

@@ -66,7 +66,7 @@ def export_merged(pf: PersonaFuse, persona: PersonaSpec, out: str | os.PathLike,
 
     if persona is None:
         raise PersonaError("a merged export needs a fixed persona such as 'A+=0.7,N-=0.3', not automatic routing")
-    gates = pf._gates_of(persona)
+    gates = pf.gates_of(persona)
     assert gates is not None
     target = check_target(out, overwrite)
     state = merged_state_dict(pf, gates)
