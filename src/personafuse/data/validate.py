@@ -1,4 +1,4 @@
-"""Corpus validation: schema, completeness, duplicates and split leakage, with line numbers."""
+"""Corpus validation: schema, completeness, duplicates, split leakage and split assignment, with line numbers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from personafuse.data.jsonl import JsonlError, iter_jsonl
 from personafuse.data.schema import SituationRecord
+from personafuse.data.split import assign_split
 from personafuse.traits import POLES
 
 
@@ -56,13 +57,19 @@ def validate_corpus(path: str | Path) -> ValidationReport:
     """Validate every record under ``path`` and the corpus as a whole.
 
     Checks: JSON and schema per line; duplicate ids; duplicate user messages (same situation twice);
-    identical replies reused across situations; a situation text that occurs in two splits (leakage).
+    identical replies reused across situations; a situation text that occurs in two splits (leakage); a
+    ``split`` that differs from :func:`personafuse.data.split.assign_split` of the id (fix: ``personafuse data
+    split PATH``).
 
     Args:
         path: a JSONL file or a folder of them.
 
     Returns:
-        A report with the valid records and one line per problem, each naming file and line.
+        A report with the valid records and one line per problem, each naming file and line, in file and line
+        order.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or a folder holds no ``*.jsonl``.
     """
     report = ValidationReport()
     seen_ids: dict[str, str] = {}
@@ -70,31 +77,42 @@ def validate_corpus(path: str | Path) -> ValidationReport:
     seen_reply: dict[str, str] = {}
     for file in corpus_files(path):
         errors: list[JsonlError] = []
+        found: list[tuple[int, str]] = []  # (line, problem) of this file, sorted at the end
         for item in iter_jsonl(file, skip_bad=True, errors=errors):
             where = f"{file}:{item.line}"
             try:
                 record = SituationRecord.model_validate(item.value)
             except ValidationError as exc:
-                report.problems.append(f"{where}: {_format_error(exc)}")
+                found.append((item.line, f"{where}: {_format_error(exc)}"))
                 continue
             if record.id in seen_ids:
-                report.problems.append(f"{where}: duplicate id {record.id!r} (first at {seen_ids[record.id]})")
+                found.append((item.line, f"{where}: duplicate id {record.id!r} (first at {seen_ids[record.id]})"))
                 continue
             seen_ids[record.id] = where
+            expected = assign_split(record.id)
+            if record.split != expected:
+                found.append(
+                    (
+                        item.line,
+                        f"{where}: split {record.split!r} should be {expected!r}, the split that the hash of id "
+                        f"{record.id!r} assigns; fix with `personafuse data split`",
+                    )
+                )
             context = _normalise(record.context_text())
             if context in seen_context:
                 first, split = seen_context[context]
                 kind = "split leakage" if split != record.split else "duplicate situation"
-                report.problems.append(f"{where}: {kind}: same messages as {first}")
+                found.append((item.line, f"{where}: {kind}: same messages as {first}"))
             else:
                 seen_context[context] = (where, record.split)
             for pole in POLES:
                 reply = _normalise(record.responses[pole])
-                if reply in seen_reply and not seen_reply[reply].startswith(where):
-                    report.problems.append(f"{where}: reply {pole} duplicates {seen_reply[reply]}")
+                if reply in seen_reply and not seen_reply[reply].startswith(where + " "):
+                    found.append((item.line, f"{where}: reply {pole} duplicates {seen_reply[reply]}"))
                 seen_reply.setdefault(reply, f"{where} {pole}")
             report.records.append(record)
-        report.problems.extend(str(e) for e in errors)
+        found.extend((e.line, str(e)) for e in errors)
+        report.problems.extend(message for _, message in sorted(found, key=lambda pair: pair[0]))
     return report
 
 
