@@ -87,3 +87,12 @@ def test_info_json():
     assert result.returncode == 0
     data = json.loads(result.stdout)
     assert data["personafuse"] and "torch" in data["packages"]
+
+
+def test_bad_option_values_and_unknown_commands_are_one_line_exit_2():
+    bad = run("route", "--batch-size", "abc", "x")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert "--batch-size" in bad.stderr and "personafuse route --help" in bad.stderr
+    unknown = run("nosuch")
+    assert unknown.returncode == 2 and "No such command 'nosuch'" in unknown.stderr

@@ -90,12 +90,6 @@ def test_user_errors_are_one_line_with_exit_code_2(monkeypatch, capsys, tmp_path
     assert re.search(message, err), err
 
 
-@pytest.mark.xfail(
-    reason="cli/errors.py catches click.ClickException, but typer 0.29 raises its vendored typer._click exceptions, "
-    "so a non-integer value ends in a traceback (reported to the CLI owner)",
-    raises=Exception,
-    strict=False,
-)
 def test_non_integer_per_domain_is_a_usage_error(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(
         monkeypatch,

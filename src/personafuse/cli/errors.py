@@ -18,10 +18,28 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage-error types, abort types) of click and of typer's vendored copy (typer >= 0.29 ships its own)."""
+    import importlib
+
+    usage, abort = [], []
+    for module_name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if hasattr(module, "ClickException"):
+            usage.append(module.ClickException)
+        if hasattr(module, "Abort"):
+            abort.append(module.Abort)
+    return tuple(usage), tuple(abort)
+
+
 def run_app(app: typer.Typer) -> None:
     """Run ``app``; known user errors become one line with exit code 2."""
+    usage_errors, aborts = _click_exception_types()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except USER_ERRORS as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -29,14 +47,11 @@ def run_app(app: typer.Typer) -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except usage_errors as exc:  # bad options / arguments: one line, with where to find the right usage
+        ctx = getattr(exc, "ctx", None)
+        command = getattr(ctx, "command_path", "personafuse") if ctx is not None else "personafuse"
+        fail(f"{exc.format_message()} (see '{command} --help')")
+    except aborts:
+        sys.exit(130)
+    # In non-standalone mode an `Exit(n)` raised by a command comes back as the return value.
+    sys.exit(code if isinstance(code, int) else 0)
