@@ -86,6 +86,9 @@ class RouterStageConfig:
     """Regression loss between the head's tanh activation and the labels."""
     w_gates: float = 0.1
     """Weight of the KL from the labels' target gates to the router's gates (0 leaves the router as initialised)."""
+    router_lr: float | None = None
+    """AdamW lr of the router (activation -> gates); None = ``lr``. Only the gate loss reaches the router, and
+    Adam ignores a loss's scale, so this (not ``w_gates``, as long as it is > 0) sets how far the gates move."""
     eval_test: bool = False
     """Also score the test split; leave off while tuning (tune on val only), turn on once at the end."""
 
@@ -96,16 +99,20 @@ class RouterStageConfig:
         for name in ("epochs", "batch_size", "grad_accum"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"{name} must be an integer >= 1, got {value!r}")
+                problems.append(f"router.{name}={value!r}: expected an integer >= 1")
         for name in ("lr", "temperature", "consistency_temperature"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 default = {f.name: f.default for f in dataclasses.fields(self)}[name]
-                problems.append(f"{name} must be a number > 0, got {value!r}; the default is {default}")
+                problems.append(f"router.{name}={value!r}: expected a number > 0 (default {default})")
+        if self.router_lr is not None and (
+            isinstance(self.router_lr, bool) or not isinstance(self.router_lr, (int, float)) or self.router_lr < 0
+        ):
+            problems.append(f"router.router_lr={self.router_lr!r}: expected null (= router.lr) or a number >= 0")
         for name in ("w_contrastive", "w_consistency", "w_regression", "w_gates", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                problems.append(f"{name} must be a number >= 0, got {value!r}")
+                problems.append(f"router.{name}={value!r}: expected a number >= 0")
         if problems:
             raise ConfigError("; ".join(problems))
 
