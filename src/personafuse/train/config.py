@@ -60,13 +60,13 @@ class ExpertsStageConfig:
 class RouterStageConfig:
     """Stage 2: persona head + router on the activation labels (contrastive + consistency + regression)."""
 
-    epochs: int = 30
+    epochs: int = 20
     """Passes over the training contexts (embeddings are precomputed; epochs are cheap)."""
     batch_size: int = 64
     """Contexts per step."""
     lr: float = 1e-3
     """AdamW learning rate."""
-    temperature: float = 0.1
+    temperature: float = 0.2
     """InfoNCE temperature between persona embeddings and pole prototypes."""
     w_contrastive: float = 1.0
     """Weight of the InfoNCE loss."""
@@ -80,7 +80,7 @@ class RouterStageConfig:
     """AdamW weight decay."""
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     """Learning rate over the steps: constant, or cosine decay to 0."""
-    consistency_temperature: float = 0.1
+    consistency_temperature: float = 0.05
     """Temperature of the trait-consistency loss between persona embeddings of one batch."""
     regression: Literal["mse", "smooth_l1"] = "mse"
     """Regression loss between the head's tanh activation and the labels."""
