@@ -29,7 +29,15 @@ from personafuse.evaluate.choice import (
     format_options,
     resolve_scoring,
 )
-from personafuse.evaluate.task import Task, TaskConfig, build_config, data_file, find_data_file, register_task, select_items
+from personafuse.evaluate.task import (
+    Task,
+    TaskConfig,
+    build_config,
+    data_file,
+    find_data_file,
+    register_task,
+    select_items,
+)
 
 WHAT = "EmoBench EU.jsonl and EA.jsonl from github.com/Sahandfer/EmoBench"
 
@@ -232,4 +240,3 @@ def score_emobench(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], di
     counts["answers"] = total
     counts["parsed"] = parsed
     return {"mean": metrics.pop("mean"), **metrics}, counts, details
-

@@ -29,7 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from personafuse.evaluate.task import Task, TaskConfig, build_config, data_file, find_data_file, register_task, select_items
+from personafuse.evaluate.task import (
+    Task,
+    TaskConfig,
+    build_config,
+    data_file,
+    find_data_file,
+    register_task,
+    select_items,
+)
 
 FILE = "eq_bench_v2_questions_171.json"
 WHAT = "EQ-Bench v2 questions from github.com/EQ-bench/EQ-Bench"
@@ -106,7 +114,7 @@ def parse_answers(text: str, revise: bool) -> tuple[dict[str, str], dict[str, st
 def scaled_difference(d: float) -> float:
     """The v2 penalty for missing a reference intensity by ``d`` (0..10): 0, an S-curve up to 5, then linear.
 
-    Hand values: d=0 -> 0; d=4 -> 6.5 / 2 = 3.25; d=1 -> 6.5 / (1 + e^3.6) = 0.172881; d=6 -> 6.
+    Hand values: d=0 -> 0; d=4 -> 6.5 / 2 = 3.25; d=1 -> 6.5 / (1 + e^3.6) = 0.172880; d=6 -> 6.
     """
     if d == 0:
         return 0.0

@@ -150,7 +150,9 @@ class CausalLMRunner:
             for b, row in enumerate(batch):
                 for index, target in row.targets:
                     n = len(target)
-                    picked = logprobs[b, keep - n :, :].gather(-1, torch.tensor(target, device=logprobs.device)[:, None])
+                    picked = logprobs[b, keep - n :, :].gather(
+                        -1, torch.tensor(target, device=logprobs.device)[:, None]
+                    )
                     out[index] = float(picked.sum())
         return out
 

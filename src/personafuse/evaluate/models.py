@@ -116,7 +116,9 @@ class SystemPromptModel:
 
     def loglikelihood(self, contexts: Sequence[Messages], continuations: Sequence[str]) -> list[float]:
         """See :meth:`EvalModel.loglikelihood`."""
-        return self.inner.loglikelihood([with_system_prompt(list(c), self.system_prompt) for c in contexts], continuations)
+        return self.inner.loglikelihood(
+            [with_system_prompt(list(c), self.system_prompt) for c in contexts], continuations
+        )
 
     def generate(self, conversations: Sequence[Messages], max_new_tokens: int, **kwargs: Any) -> list[str]:
         """See :meth:`EvalModel.generate`."""

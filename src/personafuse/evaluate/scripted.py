@@ -46,7 +46,9 @@ class ScriptedModel:
             UnsupportedScoringError: no ``loglik`` function was given.
         """
         if self._loglik is None:
-            raise UnsupportedScoringError(f"scripted model {self.name!r} has no loglik function; use --scoring generate")
+            raise UnsupportedScoringError(
+                f"scripted model {self.name!r} has no loglik function; use --scoring generate"
+            )
         self.calls["loglikelihood"] += len(contexts)
         return [float(self._loglik(list(c), k)) for c, k in zip(contexts, continuations)]
 

@@ -22,6 +22,7 @@ import logging
 import platform
 import random
 import time
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -140,12 +141,18 @@ class TaskConfig:
     def problems(self) -> list[str]:
         """Every invalid value, as messages that name the flag; subclasses extend the list."""
         out = []
-        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+        if self.limit is not None and (
+            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
+        ):
             out.append(f"--limit must be a positive whole number (or omitted for the full set), got {self.limit!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             out.append(f"--seed must be a whole number, got {self.seed!r}")
         if isinstance(self.batch_items, bool) or not isinstance(self.batch_items, int) or self.batch_items < 1:
             out.append(f"--batch-items must be a positive whole number, got {self.batch_items!r}")
+        for name, hint in typing.get_type_hints(type(self)).items():
+            if typing.get_origin(hint) is typing.Literal and getattr(self, name) not in typing.get_args(hint):
+                allowed = ", ".join(str(a) for a in typing.get_args(hint))
+                out.append(f"--{name.replace('_', '-')} must be one of {allowed}; got {getattr(self, name)!r}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,6 +289,10 @@ class RecordLog:
             key = line.value.get("key")
             if isinstance(key, str):
                 self.rows[key] = line.value
+        with self.path.open("rb+") as handle:  # a torn last line (killed mid-write) must not swallow the next row
+            handle.seek(-1, 2)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
 
     def _append(self, row: dict[str, Any]) -> None:
         from personafuse.data.jsonl import append_jsonl
@@ -311,12 +322,20 @@ def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[
         yield lambda n: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.markup import escape
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        handle = bar.add_task(description, total=total)
+        handle = bar.add_task(escape(description), total=total)
         yield lambda n: bar.advance(handle, n)
 
 
@@ -362,6 +381,7 @@ class Task(ABC):
 
     def check_model(self, model: EvalModel) -> None:
         """Raise a :class:`UserError` when ``model`` cannot run this task as configured (before any work)."""
+        return None
 
     def run(self, model: EvalModel, records: str | Path | None = None, progress: bool = False) -> TaskResult:
         """Evaluate ``model`` on every item not already in ``records``, then score all of them.
@@ -408,12 +428,15 @@ class Task(ABC):
         )
 
     def fingerprint(self, model: EvalModel) -> dict[str, Any]:
-        """What a records file must match to be resumed: task, version, model, config and data hashes."""
+        """What a records file must match to be resumed: task, version, model (name, mode, adapter), config, data."""
         config = {k: v for k, v in self.config.to_dict().items() if k != "batch_items"}
+        info = model.info()
         return {
             "task": self.name,
             "version": self.version,
             "model": model.name,
+            "mode": info.get("mode"),
+            "adapter": info.get("adapter"),
             "config": config,
             "data": sorted(f.sha256 for f in self.files),
         }
