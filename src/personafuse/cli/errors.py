@@ -39,7 +39,7 @@ def run_app(app: typer.Typer) -> None:
     """Run ``app``; known user errors become one line with exit code 2."""
     usage_errors, aborts = _click_exception_types()
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="personafuse")
     except USER_ERRORS as exc:
         fail(str(exc))
     except KeyboardInterrupt:
