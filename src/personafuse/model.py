@@ -16,8 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 
 from personafuse import __version__
+from personafuse.atomic_io import staged_folder
 from personafuse.config import PersonaFuseConfig
 from personafuse.moe import GateState, inject_persona_layers, merge_persona, persona_layers, unmerge_persona
 from personafuse.moe.peft_io import load_expert, save_expert
@@ -184,28 +183,13 @@ class PersonaFuse:
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the checkpoint atomically: into a temp folder beside ``path``, then renamed over it."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            base_name = self.config.base
+        with staged_folder(path) as tmp:
             for index, pole in enumerate(POLES):
                 save_expert(tmp / EXPERTS_DIR / pole, self.model, index, self.config.experts.rank,
-                            self.config.experts.alpha, base_name)  # fmt: skip
+                            self.config.experts.alpha, self.config.base)  # fmt: skip
             self.persona_router.save(tmp / ROUTER_NAME)
             payload = {"personafuse_version": __version__, **self.config.to_dict()}
             (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
-            os.chmod(tmp, 0o755)
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                target.rename(old)
-                tmp.rename(target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ routing
     @property

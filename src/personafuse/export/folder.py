@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
+
+from personafuse.atomic_io import staged_folder
+
+__all__ = ["check_target", "staged_folder"]
 
 
 def check_target(out: str | os.PathLike, overwrite: bool) -> Path:
@@ -24,23 +24,3 @@ def check_target(out: str | os.PathLike, overwrite: bool) -> Path:
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise UserError(f"--out {target} already exists and is not empty; choose a new folder or pass --overwrite")
     return target
-
-
-@contextlib.contextmanager
-def staged_folder(target: Path) -> Iterator[Path]:
-    """Yield a temp folder beside ``target``; on success it replaces ``target``, on error it is removed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
