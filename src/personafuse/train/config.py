@@ -33,6 +33,18 @@ class DataConfig:
     max_length: int = 512
     """Token limit of one training sequence (prompt + reply); longer samples are truncated from the left."""
 
+    def __post_init__(self) -> None:
+        from personafuse.errors import ConfigError
+
+        problems = []
+        ratio = self.general_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+            problems.append(f"data.general_ratio={ratio!r}: expected a number in [0, 1) (0 disables the mix)")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 16:
+            problems.append(f"data.max_length={self.max_length!r}: expected an integer >= 16 (tokens per sample)")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
 
 @dataclass
 class ExpertsStageConfig:
@@ -54,6 +66,47 @@ class ExpertsStageConfig:
     """AdamW weight decay."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on big models."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    """Learning rate after the warm-up: constant, or linear / cosine decay to 0."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables clipping)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast the forward pass; the experts' weights are kept in float32 (use with model.dtype bfloat16)."""
+    logging_steps: int = 10
+    """Write a metrics row every this many optimiser steps."""
+    save_steps: int = 50
+    """Write a resumable checkpoint every this many optimiser steps."""
+    save_total_limit: int = 2
+    """Keep only the newest this many resumable checkpoints."""
+
+    def __post_init__(self) -> None:
+        from personafuse.errors import ConfigError
+
+        problems = []
+        for name in ("batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"experts.{name}={value!r}: expected an integer >= 1")
+        if (
+            isinstance(self.max_steps, bool)
+            or not isinstance(self.max_steps, int)
+            or (self.max_steps < 1 and self.max_steps != -1)
+        ):
+            problems.append(f"experts.max_steps={self.max_steps!r}: expected an integer >= 1, or -1 to run the epochs")
+        for name, low, high in (("epochs", 0.0, None), ("lr", 0.0, None), ("warmup_ratio", None, 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                problems.append(f"experts.{name}={value!r}: expected a number")
+            elif low is not None and not value > low:
+                problems.append(f"experts.{name}={value!r}: expected a number > {low:g}")
+            elif high is not None and not 0.0 <= value < high:
+                problems.append(f"experts.{name}={value!r}: expected a number in [0, {high:g})")
+        for name in ("weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                problems.append(f"experts.{name}={value!r}: expected a number >= 0")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 @dataclass
@@ -201,7 +254,8 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str, problems: list
     try:
         return cls(**kwargs)
     except ConfigError as exc:  # __post_init__ validation of nested configs
-        problems.append(f"{prefix}: {exc}" if prefix else str(exc))
+        # Messages that already name their dotted key (``experts.lr=...``) are kept as they are.
+        problems.append(f"{prefix}: {exc}" if prefix and not str(exc).startswith(f"{prefix}.") else str(exc))
         return cls()
 
 
