@@ -196,6 +196,21 @@ class PreferenceStageConfig:
     """RL: a trained reward-model folder (default: train one on data.counsel_chat first)."""
     w_persona_reward: float = 0.5
     """RL: weight of the persona-consistency reward next to the reward model's score."""
+    grad_accum: int = 1
+    """Gradient accumulation steps (an optimiser step sees batch_size * grad_accum pairs / prompts)."""
+    routing: Literal["routed", "label"] = "routed"
+    """Gates each sample trains with: the router's gates for its context (differentiable when train_router), or
+    the record's labelled activation through the router ("label", teacher forcing; needs train_router=false)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables clipping)."""
+    label_smoothing: float = 0.0
+    """DPO: assumed rate of flipped preference labels (conservative DPO), in [0, 0.5)."""
+    temperature: float = 1.0
+    """RL: sampling temperature of the replies."""
+    save_every: int = 20
+    """Write resumable state (trainable weights + optimiser) every this many optimiser steps."""
+    eval_prompts: int = 64
+    """Held-out (val) situations for the before/after reward and DPO accuracy report (0 skips the report)."""
 
 
 @dataclass
