@@ -23,6 +23,9 @@ import torch
 
 from personafuse.routing.router import gates_from_logits
 
+XLORA_MAX_TOKENS = 8
+"""Decoded tokens per X-LoRA measurement (it has no KV cache; see :func:`decode_throughput`)."""
+
 
 def make_prompts(tokenizer, batch: int, prompt_tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """``batch`` random prompts of exactly ``prompt_tokens`` tokens (no padding, so modes see equal work)."""
@@ -86,16 +89,20 @@ def decode_throughput(pf, modes: list[str], batch: int, new_tokens: int, prompt_
                            use_cache=cache)  # fmt: skip
 
     order = ["base", *[m for m in modes if m != "base"]]
+    # X-LoRA decodes without a KV cache (each token recomputes the prefix twice), so it gets at most
+    # XLORA_MAX_TOKENS: a shorter run flatters it (less prefix to recompute), never the other way round.
+    tokens = {m: min(new_tokens, XLORA_MAX_TOKENS) if m == "xlora" else new_tokens for m in order}
     samples: dict[str, list[float]] = {m: [] for m in order}
     for mode in order:  # warm-up at full length: allocator, kernels, prepared matrices, GPU clocks
         with mode_context(pf, mode, batch, xlora_model) as model:
-            generate(model, new_tokens)
+            generate(model, tokens[mode])
     for _ in range(repeats):
         for mode in order:
+            n = tokens[mode]
             with mode_context(pf, mode, batch, xlora_model) as model:
-                full = _timed(lambda: generate(model, new_tokens), sync)
-                first = _timed(lambda: generate(model, 1), sync)
-            samples[mode].append(batch * (new_tokens - 1) / max(full - first, 1e-9))
+                full = _timed(lambda model=model, n=n: generate(model, n), sync)
+                first = _timed(lambda model=model: generate(model, 1), sync)
+            samples[mode].append(batch * (n - 1) / max(full - first, 1e-9))
     medians = {m: statistics.median(v) for m, v in samples.items()}
     return {m: {"tokens_per_s": medians[m], "ratio_vs_base": medians[m] / medians["base"],
-                "samples": samples[m]} for m in order}  # fmt: skip
+                "new_tokens": tokens[m], "samples": samples[m]} for m in order}  # fmt: skip
