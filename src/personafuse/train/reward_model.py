@@ -18,8 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -178,11 +176,10 @@ class RewardModel:
     def save(self, folder: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` atomically (temp folder, then rename)."""
         from personafuse import __version__
+        from personafuse.atomic_io import staged_folder
 
         target = Path(folder)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with staged_folder(target) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             payload = {
@@ -193,17 +190,6 @@ class RewardModel:
                 "metrics": self.metrics,
             }
             (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
-            os.chmod(tmp, 0o755)
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                target.rename(old)
-                tmp.rename(target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return target
 
     @classmethod
