@@ -10,7 +10,16 @@ Importing this package does not import torch; the local models do, when they are
 
 from __future__ import annotations
 
-from personafuse.evaluate import emobench, eqbench, general, judge, personality, safety  # noqa: F401  (registration)
+from personafuse.evaluate import (  # noqa: F401  (registration)
+    counseling,
+    customer_service,
+    emobench,
+    eqbench,
+    general,
+    judge,
+    personality,
+    safety,
+)
 from personafuse.evaluate.models import EvalModel, PersonaModel, SystemPromptModel, load_eval_model, parse_mode
 from personafuse.evaluate.scripted import ScriptedModel
 from personafuse.evaluate.task import TASKS, Task, TaskConfig, TaskResult, get_task, register_task
