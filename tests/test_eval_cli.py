@@ -67,7 +67,7 @@ def test_gsm8k_and_report(monkeypatch, capsys, tmp_path, tiny_dir):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["eval", "emobenchh", "--model", "x"], "error: unknown eval task 'emobenchh'; use one of: emobench, eqbench"),
+        (["eval", "emobenchh", "--model", "x"], "error: unknown eval task 'emobenchh'; use one of: counseling, customer_service, emobench"),
         (["eval", "emobench", "--model", "x"], "error: task emobench needs --data PATH: a folder holding EU.jsonl"),
         (["eval", "eqbench", "--model", "x", "--data", "/nonexistent"],
          "error: --data /nonexistent does not exist; task eqbench needs a folder holding eq_bench_v2_questions_171.json"),

@@ -76,9 +76,9 @@ def test_config_validation_collects_every_problem_with_the_flag_names():
 
 
 def test_registry_lists_every_task_and_rejects_unknown_names():
-    assert {"emobench", "eqbench", "personality", "gsm8k", "mmlu", "safety", "judge"} <= set(TASKS)
+    assert {"emobench", "eqbench", "personality", "gsm8k", "mmlu", "safety", "judge", "counseling", "customer_service"} <= set(TASKS)
     assert get_task("emobench").name == "emobench"
-    with pytest.raises(UnknownTaskError, match=r"unknown eval task 'emobenc'; use one of: emobench, eqbench"):
+    with pytest.raises(UnknownTaskError, match=r"unknown eval task 'emobenc'; use one of: counseling, customer_service, emobench, eqbench"):
         get_task("emobenc")
 
 
