@@ -63,4 +63,6 @@ def test_bench_cli_writes_json_markdown_and_png(tiny_base, tmp_path):
     assert all(v["tokens_per_s"] > 0 for v in data["decode"]["2"].values())
     assert 0 < data["ttft"]["routing_fold_share"] < 1
     assert (out / "bench.md").read_text().count("| decode ratio") == 8
+    assert data["training"]["steps"] == 1 and data["training"]["ratio"] > 0
+    assert "stage-1 step time / single LoRA" in (out / "bench.md").read_text()
     assert (out / "bench.png").stat().st_size > 1000

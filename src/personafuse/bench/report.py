@@ -50,11 +50,11 @@ def bar_chart(result: dict[str, Any], path: Path) -> None:
 
     decode = result["decode"]
     batches = list(decode)
-    modes = [m for m in decode[batches[0]] if m != "base"]
+    modes = list(dict.fromkeys(m for b in batches for m in decode[b] if m != "base"))
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(batches), 1)
     for i, batch in enumerate(batches):
-        values = [decode[batch][m]["ratio_vs_base"] for m in modes]
+        values = [decode[batch][m]["ratio_vs_base"] if m in decode[batch] else 0.0 for m in modes]
         xs = [j + i * width for j in range(len(modes))]
         ax.bar(xs, values, width=width, label=f"batch {batch}")
     for j, mode in enumerate(modes):
