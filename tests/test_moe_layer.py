@@ -172,14 +172,3 @@ def test_prepared_matrices_are_reused_across_decode_steps():
     prepared = layer._prepared
     layer(torch.randn(2, 1, 16))
     assert layer._prepared is prepared, "gates did not change, so nothing is re-prepared"
-
-
-def test_single_token_decode_of_sparse_rows_uses_the_union_and_stays_exact():
-    layer, state = make_layer()
-    gates = gates_from_logits(torch.randn(4, E), top_k=3)
-    state.set(gates)
-    x = torch.randn(4, 1, 16)
-    torch.testing.assert_close(layer(x), naive(layer, x, gates), atol=1e-5, rtol=0)
-    assert layer._prepared[0] == "gather" and layer._union[0] == "stack"
-    x_long = torch.randn(4, 3, 16)
-    torch.testing.assert_close(layer(x_long), naive(layer, x_long, gates), atol=1e-5, rtol=0)

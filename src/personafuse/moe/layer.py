@@ -113,7 +113,6 @@ class PersonaLoRALinear(nn.Module):
         self.merged_gates: torch.Tensor | None = None
         self._prepared_version = -1
         self._prepared: Prepared | None = None
-        self._union: Prepared | None = None
 
     @property
     def in_features(self) -> int:
@@ -181,17 +180,6 @@ class PersonaLoRALinear(nn.Module):
             return ("fold", a, b * scale[0], None)
         return ("stack", a, b, scale)
 
-    def _union_plan(self) -> Prepared:
-        """The stacked form over the union of active experts (per-row scale), cached per gate version."""
-        state = self.state
-        if getattr(self, "_union_version", -1) != state.version or self._union is None:
-            active = state.active_experts
-            cols, scale = state.memo(("stack", self.rank, self.scaling, self.lora_B.dtype, self.lora_B.device),
-                                     lambda: self._stack_plan(active))  # fmt: skip
-            a, b = (self.lora_A, self.lora_B) if cols is None else (self.lora_A[cols], self.lora_B[:, cols])
-            self._union, self._union_version = ("stack", a, b, scale), state.version
-        return self._union
-
     def _gather_plan(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(expert index [batch, kmax], gate·scaling [batch, kmax]) when rows are sparser than their union."""
         gates = self.state.gates.to(self.lora_B.dtype)  # [batch, E]
@@ -224,10 +212,6 @@ class PersonaLoRALinear(nn.Module):
         else:
             prepared = self._prepared
         kind, a, b, scale = prepared
-        if kind == "gather" and x.dim() == 3 and x.shape[1] == 1 and not self.training:
-            # Decoding one token per row: a per-row bmm of [1 x in] rows is slower than one GEMM over the union
-            # of the rows' experts with zero gates outside each row's own (same result, measured on CPU).
-            kind, a, b, scale = self._union_plan()
         out_2d = result.view(-1, result.shape[-1])  # [tokens, out]
         if kind == "fold":
             xa = F.linear(self.dropout(x), a)  # [batch, seq, k*r]
