@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from personafuse.cli import app
-from personafuse.cli.errors import run_app
-from test_eval_support import DATA, needs_data, save_tiny_model
-
-
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `personafuse ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["personafuse", *args])
-    code = 0
-    try:
-        run_app(app)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from test_eval_support import DATA, cli, needs_data, save_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 
 import pytest
 
-from personafuse.cli import app
-from personafuse.cli.errors import run_app
 from personafuse.errors import UserError
 from personafuse.evaluate import ScriptedModel, get_task
 from personafuse.evaluate.counseling import CSV_NAME, held_out_questions
@@ -27,21 +24,9 @@ from personafuse.evaluate.reply_scoring import (
 from personafuse.evaluate.task import MissingDataError
 from personafuse.train.counsel_pairs import CounselPair, load_counsel_pairs
 from reply_scoring_support import make_scorer, save_reward_model
-from test_eval_support import DATA, needs_data
+from test_eval_support import DATA, cli, needs_data
 
 CSV = DATA / "counsel_chat" / CSV_NAME
-
-
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `personafuse ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["personafuse", *args])
-    code = 0
-    try:
-        run_app(app)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,10 @@ judge, the CLI end to end on a tiny model, and its one-line errors."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from personafuse.cli import app
-from personafuse.cli.errors import run_app
 from personafuse.errors import UserError
 from personafuse.evaluate import ScriptedModel, get_task
 from personafuse.evaluate.customer_service import REVIEW_PROMPT, closer_to_ideal, score_service
@@ -19,22 +16,10 @@ from personafuse.evaluate.reply_scoring import SERVICE_RUBRIC
 from personafuse.evaluate.task import MissingDataError
 from reply_scoring_support import hash_router, make_scorer, save_reward_model
 from scripted_openai_server import ScriptedServer, serve
-from test_eval_support import save_tiny_model
+from test_eval_support import cli, save_tiny_model
 
 SEED = Path(__file__).resolve().parents[1] / "data" / "seed"
 TEST_IDS = ["customer_service-006", "customer_service-029", "customer_service-036", "customer_service-042"]
-
-
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `personafuse ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["personafuse", *args])
-    code = 0
-    try:
-        run_app(app)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,23 @@ def letter_chooser(letter: str = "A") -> ScriptedModel:
     return ScriptedModel(loglik=lambda context, cont: 0.0 if cont == letter else -5.0, name=f"always-{letter}")
 
 
+def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run `personafuse ARGS` in-process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from personafuse.cli import app
+    from personafuse.cli.errors import run_app
+
+    monkeypatch.setattr(sys, "argv", ["personafuse", *args])
+    code = 0
+    try:
+        run_app(app)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def test_tiny_tokenizer_round_trips_any_text():
     tok = tiny_tokenizer()
     for text in ("Hello, world!", "多瑞在尝试", "tabs\tand\nnewlines"):
