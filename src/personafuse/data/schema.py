@@ -29,6 +29,25 @@ DOMAINS: tuple[str, ...] = (
 """Domains of the seed corpus; user corpora may use any other snake_case name."""
 
 
+def check_pole_responses(value: dict[str, str]) -> dict[str, str]:
+    """The ten pole replies in :data:`POLES` order; shared by the record schema and the synthesis stage.
+
+    Raises:
+        ValueError: a missing or unknown pole, a blank reply, or two identical replies.
+    """
+    missing = [p for p in POLES if p not in value]
+    extra = sorted(set(value) - set(POLES))
+    if missing or extra:
+        raise ValueError(f"responses need all ten poles; missing {missing}, unknown {extra}")
+    blank = [p for p in POLES if not value[p].strip()]
+    if blank:
+        raise ValueError(f"responses for {blank} are blank")
+    texts = [value[p].strip() for p in POLES]
+    if len(set(texts)) != len(texts):
+        raise ValueError("two pole responses are identical; each pole needs its own reply")
+    return {p: value[p] for p in POLES}
+
+
 class Message(BaseModel):
     """One chat turn."""
 
@@ -97,20 +116,10 @@ class SituationRecord(BaseModel):
     @field_validator("responses")
     @classmethod
     def _responses_complete(cls, value: dict[str, str]) -> dict[str, str]:
-        missing = [p for p in POLES if p not in value]
-        extra = sorted(set(value) - set(POLES))
-        if missing or extra:
-            raise ValueError(f"responses need all ten poles; missing {missing}, unknown {extra}")
-        blank = [p for p in POLES if not value[p].strip()]
-        if blank:
-            raise ValueError(f"responses for {blank} are blank")
-        return {p: value[p] for p in POLES}
+        return check_pole_responses(value)
 
     @model_validator(mode="after")
     def _distinct_replies(self) -> SituationRecord:
-        texts = [self.responses[p].strip() for p in POLES]
-        if len(set(texts)) != len(texts):
-            raise ValueError("two pole responses are identical; each pole needs its own reply")
         if self.ideal.strip() == self.rejected.strip():
             raise ValueError("ideal and rejected replies are identical")
         return self

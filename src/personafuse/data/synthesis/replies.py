@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from personafuse.data.schema import Analysis, Message
+from personafuse.data.schema import Analysis, Message, check_pole_responses
 from personafuse.traits import POLES, TRAITS
 
 __all__ = ["AnnotationReply", "IdealReply", "PolesReply", "SituationDraft", "SituationsReply"]
@@ -75,19 +75,10 @@ class PolesReply(BaseModel):
     @field_validator("responses")
     @classmethod
     def _ten_poles(cls, value: dict[str, str]) -> dict[str, str]:
-        missing = [p for p in POLES if p not in value]
-        extra = sorted(set(value) - set(POLES))
-        if missing or extra:
-            raise ValueError(f"responses need exactly the ten keys {list(POLES)}; missing {missing}, unknown {extra}")
-        blank = [p for p in POLES if not value[p].strip()]
-        if blank:
-            raise ValueError(f"responses for {blank} are blank")
+        value = check_pole_responses(value)
         long = [p for p in POLES if len(value[p]) > MAX_REPLY_CHARS]
         if long:
             raise ValueError(f"responses for {long} are longer than {MAX_REPLY_CHARS} characters; keep 1-6 sentences")
-        texts = [value[p].strip() for p in POLES]
-        if len(set(texts)) != len(texts):
-            raise ValueError("two pole responses are identical; each pole needs its own reply")
         return {p: value[p].strip() for p in POLES}
 
 
