@@ -195,6 +195,8 @@ def test_queue_bound_shutdown_and_failure_handling(pf, monkeypatch):
             handles = [engine.submit([job(engine, t)]) for t in TEXTS[:2]]
             with pytest.raises(EngineOverloaded, match=r"queue is full \(2 waiting\)"):
                 engine.submit([job(engine, TEXTS[2])])
+            handles[1].cancel()  # a cancelled request gives its slot back at once, even while the worker waits
+            handles[1] = engine.submit([job(engine, TEXTS[2])])
         done = await asyncio.gather(*(collect(h) for h in handles))
         calls = {"n": 0}
         original = pf.model.generate
@@ -218,4 +220,4 @@ def test_queue_bound_shutdown_and_failure_handling(pf, monkeypatch):
     assert all(len(d["finished"]) == 1 for d in done)
     assert failed["failed"] == "generation failed: RuntimeError: boom"
     assert len(recovered["finished"]) == 1 and len(last["finished"]) == 1
-    assert engine.stats.rejected == 2 and engine.stats.failed == 1
+    assert engine.stats.rejected == 2 and engine.stats.failed == 1 and engine.stats.cancelled == 1

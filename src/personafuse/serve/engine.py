@@ -248,6 +248,7 @@ class HFEngine:
             if self._closing:
                 self.stats.rejected += 1
                 raise EngineOverloaded("the server is shutting down")
+            self._drop_cancelled()  # a timed-out or disconnected request no longer holds a queue slot
             if len(self._pending) + len(jobs) > self.queue_size:
                 self.stats.rejected += 1
                 raise EngineOverloaded(f"the request queue is full ({self.queue_size} waiting)")
