@@ -58,7 +58,7 @@ def no_model_loads(monkeypatch):
         (["data.corpus=/no/such/corpus"], r"data.corpus='/no/such/corpus': no such JSONL file or folder"),
         (["data.general=/no/such.jsonl"], r"data.general='/no/such.jsonl': no such JSONL file"),
         (["model.base=./no-such-model"], r"model.base='./no-such-model': no such folder"),
-        (["--stage", "sft"], r"--stage 'sft': expected one of experts, router, preference or all"),
+        (["--stage", "sft"], r"--stage 'sft': expected one of experts, router, preference, sft_baseline or all"),
         (["stray"], r"unexpected argument 'stray'; overrides look like experts.lr=1e-4"),
         (
             ["--config", "no-such-config"],

@@ -52,7 +52,11 @@ def train(
         "smollm2-cpu", "--config", "-c", help="YAML file, or a name in configs/ (smollm2-cpu, tiny, ...)."
     ),
     stage: str = typer.Option(
-        "all", "--stage", "-s", help="experts, router, preference, or all (the config's stages)."
+        "all",
+        "--stage",
+        "-s",
+        help="experts, router, preference, all (the config's stages), or sft_baseline (the plain-SFT LoRA that "
+        "the evaluation compares with).",
     ),
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Overrides output_dir."),
     fresh: bool = typer.Option(

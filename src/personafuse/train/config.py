@@ -14,8 +14,12 @@ from typing import Any, Literal
 
 from personafuse.config import PersonaFuseConfig
 
-Stage = Literal["experts", "router", "preference", "all"]
+Stage = Literal["experts", "router", "preference", "sft_baseline", "all"]
 STAGES: tuple[str, ...] = ("experts", "router", "preference")
+"""The PersonaFuse stages, in order (the default of ``stages``)."""
+BASELINE_STAGES: tuple[str, ...] = ("sft_baseline",)
+"""Comparison models for the evaluation, trained on request (``--stage sft_baseline``)."""
+KNOWN_STAGES: tuple[str, ...] = STAGES + BASELINE_STAGES
 
 
 @dataclass

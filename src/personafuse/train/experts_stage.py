@@ -377,7 +377,13 @@ def train_experts(config: TrainConfig, *, pf: Any = None, data: Any = None, rout
 
     from personafuse.data.jsonl import write_jsonl_atomic
     from personafuse.train.expert_data import ExpertCollator, ExpertDataset
-    from personafuse.train.metrics import MetricsLogger, plot_losses, read_metrics, write_json_atomic
+    from personafuse.train.metrics import (
+        MetricsLogger,
+        plot_losses,
+        quiet_trainer_logs,
+        read_metrics,
+        write_json_atomic,
+    )
 
     started = time.perf_counter()
     folder = stage_dir(config)
@@ -436,7 +442,7 @@ def train_experts(config: TrainConfig, *, pf: Any = None, data: Any = None, rout
         pf=pf,
     )
     trainer_ref.append(trainer)
-    _quiet_logs(trainer)
+    quiet_trainer_logs(trainer)
 
     # ---- train
     logger.info("stage 1: %d samples (%d persona, %d general), resuming from %s", len(data.samples), data.persona,
@@ -495,19 +501,6 @@ def _full_params(trainer: Any):
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     return FullyShardedDataParallel.summon_full_params(trainer.model_wrapped, writeback=False, offload_to_cpu=True)
-
-
-def _quiet_logs(trainer: Any) -> None:
-    """Keep the progress bar (stderr) but not the Trainer's log dicts on stdout (``--json`` owns stdout)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    class QuietProgress(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            return None
-
-    trainer.remove_callback(PrinterCallback)
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(QuietProgress())
 
 
 class _Killed(Exception):

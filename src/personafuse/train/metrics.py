@@ -25,7 +25,11 @@ class MetricsLogger:
 
     def log(self, step: int, **metrics: Any) -> dict[str, Any]:
         """Record ``metrics`` at ``step``; floats are rounded for readability; returns the row."""
-        row: dict[str, Any] = {"stage": self.stage, "step": step, "elapsed_s": round(time.perf_counter() - self.started, 3)}
+        row: dict[str, Any] = {
+            "stage": self.stage,
+            "step": step,
+            "elapsed_s": round(time.perf_counter() - self.started, 3),
+        }
         for key, value in metrics.items():
             if hasattr(value, "item"):
                 value = value.item()
@@ -77,3 +81,16 @@ def write_json_atomic(path: str | Path, value: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+def quiet_trainer_logs(trainer: Any) -> None:
+    """Keep a Trainer's progress bar (stderr) but not its log dicts on stdout (``--json`` owns stdout)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return None
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgress())

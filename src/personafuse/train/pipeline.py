@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from personafuse.train.config import STAGES, TrainConfig, config_to_dict
+from personafuse.train.config import KNOWN_STAGES, TrainConfig, config_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ STAGE_MODULES: dict[str, tuple[str, str]] = {
     "experts": ("personafuse.train.experts_stage", "train_experts"),
     "router": ("personafuse.train.router_stage", "train_router"),
     "preference": ("personafuse.train.preference_stage", "train_preference"),
+    "sft_baseline": ("personafuse.train.sft_baseline_stage", "train_sft_baseline"),
 }
 """Stage name -> (module, function). A stage whose module is not there yet is reported as unavailable."""
 CHECKPOINT_DIR = "checkpoint"
@@ -142,8 +143,8 @@ def stages_to_run(stage: str, config: TrainConfig) -> list[str]:
 
     if stage == "all":
         return list(config.stages)
-    if stage not in STAGES:
-        raise ConfigError(f"--stage {stage!r}: expected one of {', '.join(STAGES)} or all")
+    if stage not in KNOWN_STAGES:
+        raise ConfigError(f"--stage {stage!r}: expected one of {', '.join(KNOWN_STAGES)} or all")
     return [stage]
 
 
@@ -199,11 +200,11 @@ def validate_run(config: TrainConfig, stages: Sequence[str], fresh: bool = False
     from personafuse.models.aliases import BASE_ALIASES, ENCODER_ALIASES
 
     problems: list[str] = []
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in KNOWN_STAGES]
     if unknown:
-        problems.append(f"stages={list(stages)!r}: expected names from {', '.join(STAGES)}")
+        problems.append(f"stages={list(stages)!r}: expected names from {', '.join(KNOWN_STAGES)}")
     if not stages:
-        problems.append(f"stages=[]: expected at least one of {', '.join(STAGES)}")
+        problems.append(f"stages=[]: expected at least one of {', '.join(KNOWN_STAGES)}")
     for stage in stages:
         if stage in STAGE_MODULES and not stage_available(stage):
             problems.append(f"stage {stage!r} is not available yet ({STAGE_MODULES[stage][0]} is not written); "
@@ -215,9 +216,9 @@ def validate_run(config: TrainConfig, stages: Sequence[str], fresh: bool = False
     corpus_problems, records = _corpus_problems(config.data.corpus)
     problems.extend(corpus_problems)
     splits = {r.split for r in records}
-    if records and "train" not in splits and {"experts", "router", "preference"} & set(stages):
+    if records and "train" not in splits and set(KNOWN_STAGES) & set(stages):
         problems.append(f"data.corpus={config.data.corpus!r}: no record has split 'train'; training needs some")
-    if "experts" in stages and config.data.general and config.data.general_ratio > 0:
+    if {"experts", "sft_baseline"} & set(stages) and config.data.general and config.data.general_ratio > 0:
         problems.extend(_general_problems(config.data.general))
     for stage in stages:  # a stage module's own up-front checks: check_<stage>_config(config) raising ConfigError
         check = _stage_check(stage)
@@ -366,6 +367,8 @@ def run_pipeline(config: TrainConfig, stages: Sequence[str], fresh: bool = False
             checkpoint = Path(result.checkpoint)
             if router_path and main:
                 checkpoint = compose_checkpoint(checkpoint, router_path, Path(config.output_dir) / CHECKPOINT_DIR)
+        elif stage == "sft_baseline":  # a comparison model beside the pipeline: no checkpoint hand-over
+            result = stage_function(stage)(config, progress=progress)
         elif stage == "router":
             result = stage_function("router")(config)
             router_path = str(_field(result, "router_path"))
