@@ -16,6 +16,7 @@ from personafuse.moe import persona_layers
 from personafuse.train import preference_stage
 from personafuse.train.config import TrainConfig
 from personafuse.train.preference_data import TokenizedPair, collate_pairs, load_preference_examples, tokenize_pair
+from personafuse.train.preference_policy import RoutedPolicy
 from personafuse.train.preference_rl import rl_step_loss
 from personafuse.train.preference_stage import (
     check_preference_config,
@@ -23,6 +24,7 @@ from personafuse.train.preference_stage import (
     example_gates,
     policy_logps,
     reference_logps,
+    shard,
     train_preference,
     trainable_parameters,
 )
@@ -148,10 +150,15 @@ def test_reference_logits_equal_the_base_model(pf, tiny_base, corpus):
         with pf.experts_disabled(), pf.using_gates(torch.full((6, 10), 0.1)):
             got = pf.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.equal(got, expected)  # bit-exact, though gates are set
-    reference = reference_logps(pf, batch)
+    policy = RoutedPolicy(pf, "routed")
+    reference = reference_logps(policy, batch)
     assert torch.equal(reference, completion_logps(expected, batch["input_ids"], batch["completion_mask"]))
-    gates = example_gates(pf, embeddings, activations, "routed")
-    assert not torch.allclose(policy_logps(pf, batch, gates).detach(), reference)  # the experts do act
+    routed = policy_logps(policy, batch, embeddings, activations).detach()
+    assert not torch.allclose(routed, reference)  # the experts do act
+    gates = example_gates(pf, embeddings, activations, "routed")  # [3, 10]: the policy gives each row its pair's
+    with torch.no_grad(), pf.using_gates(torch.cat([gates, gates])):
+        logits = pf.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(routed, completion_logps(logits, batch["input_ids"], batch["completion_mask"]))
 
 
 def _snapshot(pf) -> dict[str, torch.Tensor]:
@@ -167,7 +174,7 @@ def _one_step(pf, corpus: Path, routing: str, train_router: bool) -> dict[str, t
     optimizer = torch.optim.Adam(list(params.values()), lr=1e-2)
     pairs, embeddings, activations = _pairs(pf, corpus, 2)
     pf.model.train()
-    loss, stats = dpo_micro_step(pf, pairs, example_gates(pf, embeddings, activations, routing), p, per_step=2)
+    loss, stats = dpo_micro_step(RoutedPolicy(pf, routing), pairs, embeddings, activations, p, per_step=2)
     assert stats["loss"] > 0 and 0 <= stats["reward_accuracy"] <= 1
     loss.backward()
     optimizer.step()
@@ -218,6 +225,7 @@ def test_batch_4_accum_1_matches_batch_1_accum_4(pf, corpus):
     p = dataclasses.replace(TrainConfig().preference, beta=0.5)
     params = trainable_parameters(pf, train_router=True)
     pairs, embeddings, activations = _pairs(pf, corpus, 4)
+    policy = RoutedPolicy(pf, "routed")
     pf.model.train()
 
     def gradients(micro: int) -> dict[str, torch.Tensor]:
@@ -225,8 +233,7 @@ def test_batch_4_accum_1_matches_batch_1_accum_4(pf, corpus):
             param.grad = None
         for start in range(0, 4, micro):
             index = slice(start, start + micro)
-            gates = example_gates(pf, embeddings[index], activations[index], "routed")
-            loss, _ = dpo_micro_step(pf, pairs[index], gates, p, per_step=4)
+            loss, _ = dpo_micro_step(policy, pairs[index], embeddings[index], activations[index], p, per_step=4)
             loss.backward()
         return {n: param.grad.clone() for n, param in params.items() if param.grad is not None}
 
@@ -234,6 +241,34 @@ def test_batch_4_accum_1_matches_batch_1_accum_4(pf, corpus):
     assert whole.keys() == split.keys() and len(whole) > 10
     for name in whole:
         torch.testing.assert_close(whole[name], split[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_sharded_dpo_step_averaged_over_two_processes_equals_one_process(pf, corpus):
+    """What DDP computes on 2 processes: each takes its slice of every micro-batch (``shard``) and divides by the
+    pairs it sees in the step; DDP averages the two gradients. That must be one process's gradient over all pairs."""
+    p = dataclasses.replace(TrainConfig().preference, beta=0.5)
+    params = trainable_parameters(pf, train_router=True)
+    pairs, embeddings, activations = _pairs(pf, corpus, 4)
+    policy = RoutedPolicy(pf, "routed")
+    pf.model.train()
+    batch_size, accumulation = 2, 2  # a step of 4 pairs, in 2 micro-batches of 2
+
+    def gradients(rank: int, world: int) -> dict[str, torch.Tensor]:
+        for param in params.values():
+            param.grad = None
+        for micro in range(accumulation):
+            index = shard(list(range(micro * batch_size, (micro + 1) * batch_size)), rank, world)
+            loss, _ = dpo_micro_step(policy, [pairs[i] for i in index], embeddings[index], activations[index], p,
+                                     per_step=batch_size * accumulation // world)  # fmt: skip
+            loss.backward()
+        return {n: param.grad.clone() for n, param in params.items() if param.grad is not None}
+
+    assert [shard([0, 1], r, 2) for r in range(2)] == [[0], [1]] and shard([0, 1], 0, 1) == [0, 1]
+    one, ranks = gradients(0, 1), [gradients(r, 2) for r in range(2)]
+    assert one.keys() == ranks[0].keys() == ranks[1].keys() and len(one) > 10
+    assert any(not torch.allclose(ranks[0][n], ranks[1][n]) for n in one)  # the two processes saw different pairs
+    for name in one:
+        torch.testing.assert_close((ranks[0][name] + ranks[1][name]) / 2, one[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("method", ["grpo", "rloo"])
@@ -247,10 +282,10 @@ def test_rl_step_gives_every_used_expert_a_gradient(pf, corpus, method):
     # a length reward makes the sampled replies' rewards differ, so the advantages are non-zero
     rewards = {"length": lambda prompts, completions, **kw: [float(len(c)) for c in completions],
                "persona_consistency": build_reward("persona_consistency", context)}  # fmt: skip
-    gates = example_gates(pf, *(_pairs(pf, corpus, 2)[1:]), "routed")
+    _, embeddings, activations = _pairs(pf, corpus, 2)
     pf.model.train()
     torch.manual_seed(0)
-    loss, stats = rl_step_loss(pf, examples, gates, rewards, p)
+    loss, stats = rl_step_loss(RoutedPolicy(pf, p.routing), examples, embeddings, activations, rewards, p)
     loss.backward()
     assert torch.isfinite(loss) and stats["reply_tokens"] > 0 and stats["kl"] >= 0
     assert {"reward", "length", "persona_consistency"} <= stats.keys()
@@ -260,7 +295,8 @@ def test_rl_step_gives_every_used_expert_a_gradient(pf, corpus, method):
 
 # ---------------------------------------------------------------------------------------------------- the recipe
 def test_config_problems_are_collected_before_any_model_loads(tmp_path, corpus):
-    config = _config(corpus, tmp_path, routing="label", batch_size=0, method="grpo", num_generations=1)
+    config = _config(corpus, tmp_path, routing="label", train_router=True, batch_size=0, method="grpo",
+                     num_generations=1)  # fmt: skip
     message = (r"preference.batch_size=0: expected an integer >= 1.*num_generations=1: grpo compares replies; use >= 2"
                r".*routing='label' gives the router no gradient; set preference.train_router=false.*"
                r"method='grpo' needs a reward model: set preference.reward_model")  # fmt: skip
@@ -269,6 +305,18 @@ def test_config_problems_are_collected_before_any_model_loads(tmp_path, corpus):
     config = _config(Path(tmp_path / "nope.jsonl"), tmp_path, beta=0.0)
     with pytest.raises(ConfigError, match=r"DPO needs beta > 0 \(try 0.1\).*data.corpus=.*nope.jsonl.*no such file"):
         check_preference_config(config)
+
+
+def test_launches_stage_3_cannot_split_are_refused_before_any_model_loads(tmp_path, corpus, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_preference_config(_config(corpus, tmp_path, batch_size=4))
+    with pytest.raises(ConfigError, match=r"preference.batch_size=3: this launch has 2 processes and each takes an "
+                                          r"equal share of every micro-batch; use a multiple of 2"):  # fmt: skip
+        check_preference_config(_config(corpus, tmp_path, batch_size=3))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match=r"stage 3 runs on one process or under DDP, not FSDP .*launch --stage "
+                                          r"preference with configs/accelerate/ddp.yaml"):  # fmt: skip
+        check_preference_config(_config(corpus, tmp_path, batch_size=4))
 
 
 def _trainable_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -294,6 +342,11 @@ def test_train_preference_writes_artefacts_and_resumes_after_a_kill(tmp_path, co
     expert = "experts/A+/adapter_model.safetensors"
     tuned, initial = load_file(str(full.checkpoint / expert)), load_file(str(start / expert))
     assert tuned.keys() == initial.keys() and any(not torch.equal(tuned[k], initial[k]) for k in tuned)
+    # preference.train_router is false by default: the head and router come out as they went in
+    router = "router.safetensors"
+    tuned, initial = load_file(str(full.checkpoint / router)), load_file(str(start / router))
+    assert tuned.keys() == initial.keys() and len(tuned) > 2 and all(torch.equal(tuned[k], initial[k]) for k in tuned)
+    assert full.world_size == 1 and json.loads((out / "summary.json").read_text())["world_size"] == 1
 
     # a run killed during step 3 (after the state of step 2 was saved), then rerun with the same settings
     calls = {"n": 0}

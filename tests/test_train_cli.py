@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from personafuse.traits import POLES
@@ -174,6 +175,66 @@ def test_two_process_cpu_launch_with_accelerate(tiny_base, tmp_path):
     assert metrics["world_size"] == 2 and metrics["steps"] == 2
     pf = PersonaFuse.from_pretrained(out_dir / "experts" / "checkpoint", device="cpu")
     assert len(pf.generate([[{"role": "user", "content": "my cat died"}]], persona="A+=1", max_new_tokens=3)) == 1
+
+
+@pytest.mark.slow
+def test_two_process_cpu_launch_of_the_preference_stage(tiny_base, tiny_pf_factory, tmp_path, monkeypatch):
+    """Stage 3 (DPO) on two CPU processes in one gloo group ends where one process ends.
+
+    The start is a tiny PersonaFuse with random non-zero experts, saved where the pipeline looks for the newest
+    checkpoint (``<output_dir>/checkpoint``). Each rank takes one of the two pairs of every step; the router trains
+    too, so the head's and router's gradients are all-reduced with the experts'. Rank 0 writes the metrics and a
+    loadable checkpoint. The same run on one process (here, in-process) must log the same losses and gradient
+    norms (the pre-clipping norm would differ if the shards' losses were scaled wrongly) and end with the same
+    trainable weights (they would differ if a rank's gradients were not averaged in).
+    """
+    from safetensors.torch import load_file
+
+    from personafuse import PersonaFuse
+    from personafuse.train.config import load_train_config
+    from personafuse.train.preference_stage import train_preference
+
+    if shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("accelerate CLI not installed")
+    out_dir = tmp_path / "ddp"
+    start = out_dir / "checkpoint"
+    tiny_pf_factory().save_pretrained(start)
+    overrides = [f"model.base={tiny_base}", "preference.max_steps=2", "preference.batch_size=2", "preference.lr=1e-3",
+                 "preference.train_router=true", "preference.eval_prompts=2", "preference.max_new_tokens=4"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "1"}  # fmt: skip
+    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "personafuse.cli",
+               "train", "--config", "configs/tiny.yaml", "--stage", "preference", "--no-progress", "--json",
+               f"output_dir={out_dir}", *overrides]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1/2 finished preference" in result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    metrics = summary["stages"][0]["metrics"]
+    assert summary["stages"][0]["stage"] == "preference" and metrics["world_size"] == 2 and metrics["steps"] == 2
+    folder = out_dir / "preference"
+    assert json.loads((folder / "summary.json").read_text())["world_size"] == 2 and (folder / "losses.png").is_file()
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # one writer: no row twice
+    pf = PersonaFuse.from_pretrained(folder / "checkpoint", device="cpu")
+    assert len(pf.generate([[{"role": "user", "content": "my cat died"}]], max_new_tokens=3)) == 1
+    for name in ("experts/A+/adapter_model.safetensors", "router.safetensors"):
+        tuned, initial = load_file(str(folder / "checkpoint" / name)), load_file(str(start / name))
+        assert tuned.keys() == initial.keys() and any(not torch.equal(tuned[k], initial[k]) for k in tuned), name
+
+    # the same run on one process
+    monkeypatch.chdir(REPO)
+    config = load_train_config(REPO / "configs" / "tiny.yaml", [*overrides, f"output_dir={tmp_path / 'one'}"])
+    one = train_preference(config, start, progress=False)
+    assert one.world_size == 1
+    single = [json.loads(line) for line in (one.metrics_path).read_text().splitlines()]
+    for key in ("loss", "reward_margin", "grad_norm"):
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in single], rel=1e-4, abs=1e-6), key
+    two, alone = (load_file(str(f / "state" / "trainable.safetensors")) for f in (folder, one.metrics_path.parent))
+    assert two.keys() == alone.keys() and any(k.startswith("router.") for k in two)
+    for name in two:
+        torch.testing.assert_close(two[name], alone[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_a_stage_that_is_not_written_yet_is_reported(monkeypatch, capsys, tiny_base, tmp_path, no_model_loads):

@@ -190,8 +190,8 @@ class PreferenceStageConfig:
     """Pairs (DPO) or prompts (RL) per step."""
     lr: float = 5e-5
     """Learning rate."""
-    train_router: bool = True
-    """Also update the persona head and router (else only the experts)."""
+    train_router: bool = False
+    """Also update the persona head and router (default: only the experts; DPO on a few steps degraded routing)."""
     num_generations: int = 4
     """RL: sampled replies per prompt."""
     max_new_tokens: int = 64

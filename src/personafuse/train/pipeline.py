@@ -378,7 +378,7 @@ def run_pipeline(config: TrainConfig, stages: Sequence[str], fresh: bool = False
         else:
             if checkpoint is None:
                 checkpoint = existing_checkpoint(config)
-            result = stage_function("preference")(config, str(checkpoint) if checkpoint else None)
+            result = stage_function("preference")(config, str(checkpoint) if checkpoint else None, progress=progress)
             tuned = _field(result, "checkpoint")
             checkpoint = Path(tuned) if tuned else checkpoint
         summaries.append(summarise(stage, result, time.perf_counter() - stage_started))

@@ -4,7 +4,9 @@
     rewards  = counsel_reward + w * persona_consistency                        (TRL reward signature)
     GRPO     : A = (r - mean_group) / std_group;   loss = -A * ratio + beta * k3(pi, base)   per token
     RLOO     : r' = r - beta * (log pi - log base);  A = r' - mean of the other G-1;  loss = -A * log pi(y)
-The reference ("base") log-probs come from the same model inside ``pf.experts_disabled()``.
+The reference ("base") log-probs come from the same model inside ``pf.experts_disabled()``. The policy and
+reference forwards go through the :class:`~personafuse.train.preference_policy.RoutedPolicy` (or its DDP wrapper
+under ``accelerate launch``); sampling uses the unwrapped LM, which needs no gradient and no collective.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from personafuse.train.preference_losses import (
     rloo_advantages,
     token_logps,
 )
+from personafuse.train.preference_policy import example_gates, unwrap_policy
 from personafuse.train.rewards import combine_rewards
 
 __all__ = ["Rollout", "rl_step_loss", "rollout_token_logps", "sample_rollout"]
@@ -63,34 +66,42 @@ def sample_rollout(pf, conversations: list[list[dict[str, str]]], gates: torch.T
                    prompt_len=prompt_len)  # fmt: skip
 
 
-def rollout_token_logps(pf, rollout: Rollout, gates: torch.Tensor | None) -> torch.Tensor:
-    """Per-token log-probs [N*G, T-1] of the sampled sequences: the policy with ``gates`` [N*G, 10], or the base
-    (experts disabled, no gradient) when ``gates`` is None. Position ids follow the left padding, as in generate()."""
+def rollout_token_logps(policy, rollout: Rollout, embeddings: torch.Tensor | None = None,
+                        activations: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Per-token log-probs [N*G, T-1] of the sampled sequences: the routed policy given the N prompts'
+    ``embeddings`` / ``activations``, or the base (experts disabled, no gradient) when they are None.
+    Position ids follow the left padding, as in generate()."""
     mask = rollout["attention_mask"]
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # [N*G, T]
-    kwargs = {"input_ids": rollout["sequences"], "attention_mask": mask, "position_ids": positions, "use_cache": False}
-    if gates is None:
-        with torch.no_grad(), pf.experts_disabled():
-            return token_logps(pf.model(**kwargs).logits, rollout["sequences"])
-    with pf.using_gates(gates):
-        return token_logps(pf.model(**kwargs).logits, rollout["sequences"])
+    inputs = {"input_ids": rollout["sequences"], "attention_mask": mask, "position_ids": positions}
+    if embeddings is None or activations is None:
+        with torch.no_grad():
+            return token_logps(policy(**inputs, reference=True), rollout["sequences"])
+    prompts = activations.shape[0]
+    rows = torch.arange(prompts).repeat_interleave(mask.shape[0] // prompts)  # [N*G]: a prompt's samples in a row
+    logits = policy(**inputs, embeddings=embeddings, activations=activations, rows=rows)
+    return token_logps(logits, rollout["sequences"])
 
 
 def rl_step_loss(
-    pf, examples: list, gates: torch.Tensor, rewards: dict[str, Any], p
+    policy, examples: list, embeddings: torch.Tensor, activations: torch.Tensor, rewards: dict[str, Any], p
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One micro-batch of GRPO / RLOO: sample, score, and the loss (mean over this micro-batch's replies).
 
     Args:
-        pf: the model.
+        policy: the :class:`~personafuse.train.preference_policy.RoutedPolicy`, or its accelerate wrapper.
         examples: the prompts' :class:`~personafuse.train.preference_data.PreferenceExample`.
-        gates: [N, 10] per prompt (differentiable when the router trains).
+        embeddings: [N, d] sentence embeddings of the prompts' contexts (routing "routed").
+        activations: [N, 5] their labelled activations (routing "label").
         rewards: reward functions by name (``counsel_reward``, ``persona_consistency``).
         p: the :class:`~personafuse.train.config.PreferenceStageConfig`.
 
     Returns:
         (loss, statistics: mean reward and each reward's mean, KL, reply length).
     """
+    pf = unwrap_policy(policy).pf
+    with torch.no_grad():  # the sampling gates; the policy forward below recomputes them with gradient
+        gates = example_gates(pf, embeddings, activations, p.routing)  # [N, 10]
     group = p.num_generations
     conversations = [e.messages for e in examples]
     rollout = sample_rollout(pf, conversations, gates, group, p.max_new_tokens, p.temperature)
@@ -104,9 +115,8 @@ def rl_step_loss(
     weights = [p.w_persona_reward if name == "persona_consistency" else 1.0 for name in names]
     reward = torch.tensor(combine_rewards(scores, weights), dtype=torch.float32)  # [N*G]
 
-    row_gates = gates.repeat_interleave(group, dim=0).to(pf.device)  # [N*G, 10]
-    logps = rollout_token_logps(pf, rollout, row_gates)  # [N*G, T-1]
-    ref = rollout_token_logps(pf, rollout, None)
+    logps = rollout_token_logps(policy, rollout, embeddings, activations)  # [N*G, T-1]
+    ref = rollout_token_logps(policy, rollout)
     mask = rollout["completion_mask"][:, 1:].to(logps.device)  # [N*G, T-1]
     kl = masked_mean(kl_k3(logps.detach(), ref), mask).mean()
     if p.method == "grpo":

@@ -11,6 +11,14 @@ the loss also tunes the head and router), or the record's labelled activation th
 Reference policy: the same model inside ``pf.experts_disabled()`` (the exact base; no second model copy).
 Trainable: the ten experts (+ head and router when ``train_router``); the base stays frozen.
 
+Several processes (``accelerate launch``, DDP): the LM, head and router are one module
+(:class:`~personafuse.train.preference_policy.RoutedPolicy`) that ``Accelerator.prepare`` wraps with the optimiser,
+so the trainable gradients are averaged over the processes. Every process draws the same global indices for a
+step and takes its own equal slice of each micro-batch; the loss is scaled so the averaged gradient is the mean
+over the whole step's pairs (the same as one process). The before/after report runs on the main process only,
+with the unwrapped model; only the main process writes files; all processes wait for each other at the end.
+FSDP and DeepSpeed are refused (see :func:`check_preference_config`).
+
 Why not TRL's DPOTrainer / GRPOTrainer (trl 1.16), which this loop otherwise mirrors (loss, batch layout,
 on-policy GRPO with one update per batch):
 
@@ -30,10 +38,12 @@ Four overrides of private methods would be larger and more fragile than the loop
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -52,7 +62,14 @@ from personafuse.train.preference_data import (
     load_preference_examples,
     tokenize_pair,
 )
-from personafuse.train.preference_losses import completion_logps, dpo_loss
+from personafuse.train.preference_losses import dpo_loss
+from personafuse.train.preference_policy import (
+    RoutedPolicy,
+    example_gates,
+    policy_logps,
+    reference_logps,
+    unwrap_policy,
+)
 from personafuse.train.preference_rl import rl_step_loss
 from personafuse.train.rewards import RewardContext, build_reward
 
@@ -66,8 +83,10 @@ __all__ = [
     "evaluate_dpo",
     "evaluate_replies",
     "example_gates",
+    "launched_processes",
     "policy_logps",
     "reference_logps",
+    "shard",
     "train_preference",
     "trainable_parameters",
 ]
@@ -100,6 +119,8 @@ class PreferenceStageResult:
     """losses.png."""
     reward_model_path: Path | None = None
     """The reward-model folder used (trained here or given)."""
+    world_size: int = 1
+    """Processes that trained together (``accelerate launch``); each took 1/world_size of every micro-batch."""
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -151,11 +172,27 @@ def check_preference_config(config: TrainConfig) -> None:
         problems.append(f"preference.reward_model={p.reward_model!r}: not a reward-model folder (no config.json)")
     if config.data.counsel_chat is not None and not Path(config.data.counsel_chat).is_file():
         problems.append(f"data.counsel_chat={config.data.counsel_chat!r}: no such file")
+    world = launched_processes()
+    if isinstance(p.batch_size, int) and p.batch_size >= 1 and p.batch_size % world:
+        problems.append(f"preference.batch_size={p.batch_size}: this launch has {world} processes and each takes an "
+                        f"equal share of every micro-batch; use a multiple of {world}")  # fmt: skip
+    sharded = [
+        name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"
+    ]
+    if sharded:
+        problems.append(f"stage 3 runs on one process or under DDP, not {sharded[0]} (this launch set "
+                        f"ACCELERATE_USE_{sharded[0]}=true): its resumable state and main-process report need "
+                        "unsharded weights; launch --stage preference with configs/accelerate/ddp.yaml")  # fmt: skip
     if p.method != "dpo" and p.reward_model is None and config.data.counsel_chat is None:
         problems.append(f"preference.method={p.method!r} needs a reward model: set preference.reward_model to a "
                         "trained folder or data.counsel_chat to the CounselChat CSV")  # fmt: skip
     if problems:
         raise ConfigError("invalid preference settings: " + "; ".join(problems))
+
+
+def launched_processes() -> int:
+    """Processes of this launch (``WORLD_SIZE``, set by ``accelerate launch`` / torchrun; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 # ---------------------------------------------------------------------------------------------------- building blocks
@@ -181,55 +218,31 @@ def trainable_parameters(pf, train_router: bool) -> dict[str, torch.nn.Parameter
     return params
 
 
-def example_gates(pf, embeddings: torch.Tensor, activations: torch.Tensor, routing: str) -> torch.Tensor:
-    """Gates [B, 10] of a batch: ``router(head(embedding))`` (routed) or ``router(labelled activation)`` (label).
+def dpo_batch_loss(policy, batch: dict[str, torch.Tensor], embeddings: torch.Tensor, activations: torch.Tensor,
+                   beta: float, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Per-pair DPO loss [B] of a collated batch, and the chosen / rejected implicit rewards [B].
 
-    Differentiable in the head and router parameters when they require grad and grad mode is on.
+    ``policy`` is a :class:`~personafuse.train.preference_policy.RoutedPolicy` or its accelerate wrapper; the
+    pairs' ``embeddings`` [B, d] / ``activations`` [B, 5] give their gates.
     """
-    router = pf.persona_router.router
-    if routing == "label":
-        return router(activations.to(router.weight.device)).float()
-    if embeddings.is_inference():  # sentence-transformers encodes under inference_mode; autograd refuses those
-        embeddings = embeddings.clone()
-    _, activation = pf.persona_router.head(embeddings.to(router.weight.device))
-    return router(activation).float()
-
-
-def policy_logps(pf, batch: dict[str, torch.Tensor], gates: torch.Tensor) -> torch.Tensor:
-    """``log pi(reply | prompt)`` [2B] of a collated pair batch; chosen rows and rejected rows share their gates."""
-    batch = {k: v.to(pf.device) for k, v in batch.items()}
-    with pf.using_gates(torch.cat([gates, gates]).to(pf.device)):  # [2B, 10]: rows are [chosen..., rejected...]
-        logits = pf.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return completion_logps(logits, batch["input_ids"], batch["completion_mask"])
-
-
-def reference_logps(pf, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``log ref(reply | prompt)`` [2B] with the experts disabled (the exact base model), without gradient."""
-    batch = {k: v.to(pf.device) for k, v in batch.items()}
-    with torch.no_grad(), pf.experts_disabled():
-        logits = pf.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return completion_logps(logits, batch["input_ids"], batch["completion_mask"])
-
-
-def dpo_batch_loss(pf, batch: dict[str, torch.Tensor], gates: torch.Tensor, beta: float, label_smoothing: float = 0.0
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Per-pair DPO loss [B] of a collated batch, and the chosen / rejected implicit rewards [B]."""
-    policy = policy_logps(pf, batch, gates)  # [2B]
-    reference = reference_logps(pf, batch)  # [2B]
-    chosen, rejected = policy.chunk(2)
+    logps = policy_logps(policy, batch, embeddings, activations)  # [2B]
+    reference = reference_logps(policy, batch)  # [2B]
+    chosen, rejected = logps.chunk(2)
     ref_chosen, ref_rejected = reference.chunk(2)
     return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, label_smoothing)
 
 
-def dpo_micro_step(pf, pairs: list[TokenizedPair], gates: torch.Tensor, p, per_step: int
-                   ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def dpo_micro_step(policy, pairs: list[TokenizedPair], embeddings: torch.Tensor, activations: torch.Tensor, p,
+                   per_step: int) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """The loss to backpropagate for one micro-batch, and its statistics.
 
-    The per-pair losses are summed and divided by the pairs of the whole optimiser step (``per_step``), so the
-    accumulated gradient is the mean over the step's pairs whatever the split into micro-batches.
+    The per-pair losses are summed and divided by the pairs this process sees in the whole optimiser step
+    (``per_step``), so the accumulated gradient is the mean over the step's pairs whatever the split into
+    micro-batches. Under DDP each of W processes passes ``per_step`` = step pairs / W, and DDP averages the W
+    gradients: ``(1/W) sum_w (sum of w's losses) / (P/W) = (sum of all P losses) / P``, the one-process gradient.
     """
-    batch = collate_pairs(pairs, pf.tokenizer.pad_token_id)
-    losses, chosen, rejected = dpo_batch_loss(pf, batch, gates, p.beta, p.label_smoothing)
+    batch = collate_pairs(pairs, unwrap_policy(policy).pf.tokenizer.pad_token_id)
+    losses, chosen, rejected = dpo_batch_loss(policy, batch, embeddings, activations, p.beta, p.label_smoothing)
     stats = {"loss": float(losses.detach().mean()), "reward_accuracy": float((chosen > rejected).float().mean()),
              "reward_margin": float((chosen - rejected).mean())}  # fmt: skip
     return losses.sum() / per_step, stats
@@ -250,11 +263,12 @@ def evaluate_dpo(pf, pairs: list[TokenizedPair], embeddings: torch.Tensor, activ
         return {}
     losses, margins = [], []
     pad = pf.tokenizer.pad_token_id
+    policy = RoutedPolicy(pf, routing)  # unwrapped: under DDP only the main process reports, with no collective
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
             index = slice(start, start + batch_size)
-            gates = example_gates(pf, embeddings[index], activations[index], routing)
-            loss, chosen, rejected = dpo_batch_loss(pf, collate_pairs(pairs[index], pad), gates, beta)
+            batch = collate_pairs(pairs[index], pad)
+            loss, chosen, rejected = dpo_batch_loss(policy, batch, embeddings[index], activations[index], beta)
             losses.append(loss)
             margins.append(chosen - rejected)
     margin = torch.cat(margins)
@@ -366,13 +380,47 @@ def _sample_indices(step: int, per_step: int, size: int, seed: int) -> list[int]
     return out
 
 
-def _load_model(config: TrainConfig, checkpoint: str | Path | None):
+def _load_model(config: TrainConfig, checkpoint: str | Path | None, device: str):
     from personafuse import PersonaFuse
 
     if checkpoint is None:
         logger.info("stage 3 starts from a fresh model (untrained experts): %s", config.model.base)
-        return PersonaFuse.create(config=config.model, seed=config.seed)
-    return PersonaFuse.from_pretrained(checkpoint)
+        return PersonaFuse.create(config=config.model, seed=config.seed, device=device)
+    return PersonaFuse.from_pretrained(checkpoint, device=device)
+
+
+def _accelerator():
+    """The run's ``Accelerator`` (one process: no wrapping; under ``accelerate launch``: DDP over the processes).
+
+    Mixed precision is left to the launch (``--mixed_precision`` / the config file), as stage 1's Trainer shares
+    the same process-wide accelerate state. That state also holds gradient accumulation, which this loop does
+    itself: accelerate's ``backward`` divides the loss by its ``num_steps`` and its optimiser skips steps while
+    ``sync_gradients`` is false, so both are set here (stage 1's Trainer may have left other values).
+    ``broadcast_buffers=False``: the LM's buffers (rotary frequencies) never change, so DDP's forward needs no
+    collective for them.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin
+
+    accelerator = Accelerator(gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
+                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])  # fmt: skip
+    accelerator.sync_gradients = True
+    return accelerator
+
+
+def shard(items: list, rank: int, world: int) -> list:
+    """Process ``rank``'s equal, contiguous slice of a micro-batch (``len(items)`` is a multiple of ``world``)."""
+    size = len(items) // world
+    return items[rank * size : (rank + 1) * size]
+
+
+def _mean_over_processes(accelerator, stats: dict[str, float]) -> dict[str, float]:
+    """Each statistic averaged over the processes (their micro-batch slices are equal, so this is the step mean)."""
+    if accelerator.num_processes == 1 or not stats:
+        return stats
+    keys = sorted(stats)
+    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(keys, accelerator.reduce(values, reduction="mean").tolist()))
 
 
 def _reward_setup(config: TrainConfig, pf, folder: Path) -> tuple[dict[str, Any], Path | None, dict[str, Any]]:
@@ -431,6 +479,8 @@ def train_preference(
     started = time.perf_counter()
     check_preference_config(config)
     p = config.preference
+    accelerator = _accelerator()
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     folder = Path(config.output_dir) / STAGE
     folder.mkdir(parents=True, exist_ok=True)
     train = load_preference_examples(config.data.corpus, "train")
@@ -444,10 +494,11 @@ def train_preference(
     _check_state(folder / STATE_DIR, fingerprint)  # refuse a foreign state before loading anything
 
     torch.manual_seed(config.seed)
-    pf = _load_model(config, checkpoint)
+    pf = _load_model(config, checkpoint, str(accelerator.device))
     params = trainable_parameters(pf, p.train_router)
     optimizer = torch.optim.AdamW(list(params.values()), lr=p.lr, weight_decay=0.0)
-    rewards, reward_path, reward_metrics = _reward_setup(config, pf, folder)
+    with accelerator.main_process_first():  # the main process trains and saves the reward model; the others load it
+        rewards, reward_path, reward_metrics = _reward_setup(config, pf, folder)
     train_emb, train_act = _routing_inputs(pf, train)
     val_emb, val_act = _routing_inputs(pf, val)
 
@@ -459,56 +510,67 @@ def train_preference(
     start_step, before = _load_state(folder / STATE_DIR, fingerprint, params, optimizer)
     metrics_path = folder / "metrics.jsonl"
     if start_step:
-        _trim_metrics(metrics_path, start_step)
+        if main:
+            _trim_metrics(metrics_path, start_step)
         logger.info("stage 3 resumes at step %d from %s", start_step, folder / STATE_DIR)
-    else:
+    elif main:
         metrics_path.unlink(missing_ok=True)
         pf.model.eval()
         before = _report(pf, val, val_pairs, val_emb, val_act, rewards, p) if p.eval_prompts else {}
+    accelerator.wait_for_everyone()
+    # DDP under `accelerate launch` (one process: unchanged). Same parameters, so `params` and `pf` stay valid.
+    policy, optimizer = accelerator.prepare(RoutedPolicy(pf, p.routing), optimizer)
 
-    per_step = p.batch_size * p.grad_accum
+    per_step = p.batch_size * p.grad_accum  # pairs / prompts of one optimiser step, over all processes
     total = p.max_steps if p.max_steps > 0 else max(1, math.ceil(p.epochs * len(train) / per_step))
     log = MetricsLogger(metrics_path, STAGE)
     pf.model.train()
     row: dict[str, Any] = {}
-    bar = tqdm(total=total, initial=start_step, desc=f"stage 3 ({p.method})", disable=not progress)
+    bar = tqdm(total=total, initial=start_step, desc=f"stage 3 ({p.method})", disable=not (progress and main))
     for step in range(start_step, total):
-        indices = _sample_indices(step, per_step, len(train), config.seed)
+        indices = _sample_indices(step, per_step, len(train), config.seed)  # the same on every process
         optimizer.zero_grad(set_to_none=True)
         stats: dict[str, float] = {}
         for micro in range(p.grad_accum):
-            index = indices[micro * p.batch_size : (micro + 1) * p.batch_size]
-            gates = example_gates(pf, train_emb[index], train_act[index], p.routing)
-            if p.method == "dpo":
-                loss, micro_stats = dpo_micro_step(pf, [tokenize(train[i]) for i in index], gates, p, per_step)
-            else:
-                torch.manual_seed(config.seed * 100_003 + step * 131 + micro)  # the same samples after a resume
-                loss, micro_stats = rl_step_loss(pf, [train[i] for i in index], gates, rewards, p)
-                loss = loss / p.grad_accum
+            index = shard(indices[micro * p.batch_size : (micro + 1) * p.batch_size], rank, world)
+            last = micro + 1 == p.grad_accum  # DDP all-reduces once, in the step's last backward
+            with contextlib.nullcontext() if last else accelerator.no_sync(policy):
+                if p.method == "dpo":
+                    loss, micro_stats = dpo_micro_step(policy, [tokenize(train[i]) for i in index], train_emb[index],
+                                                       train_act[index], p, per_step // world)  # fmt: skip
+                else:  # the same samples after a resume; each process its own
+                    torch.manual_seed(config.seed * 100_003 + step * 131 + micro + rank * 7_919)
+                    loss, micro_stats = rl_step_loss(policy, [train[i] for i in index], train_emb[index],
+                                                     train_act[index], rewards, p)  # fmt: skip
+                    loss = loss / p.grad_accum  # a mean over this process's replies; DDP averages the processes
+                accelerator.backward(loss)
             _add(stats, micro_stats, p.grad_accum)
-            loss.backward()
+        stats = _mean_over_processes(accelerator, stats)
         if p.max_grad_norm:
-            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(list(params.values()), p.max_grad_norm))
+            stats["grad_norm"] = float(accelerator.clip_grad_norm_(list(params.values()), p.max_grad_norm))
         optimizer.step()
-        row = log.log(step + 1, lr=p.lr, **stats)
+        row = log.log(step + 1, lr=p.lr, **stats) if main else {"step": step + 1, **stats}
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.4f}")
-        if (step + 1) % p.save_every == 0 or step + 1 == total:
+        if main and ((step + 1) % p.save_every == 0 or step + 1 == total):
             _save_state(folder / STATE_DIR, step + 1, fingerprint, params, optimizer, before)
 
     bar.close()
     pf.model.eval()
-    after = _report(pf, val, val_pairs, val_emb, val_act, rewards, p) if p.eval_prompts else {}
     target = folder / "checkpoint"
-    pf.save_pretrained(target)
-    plot = plot_losses(metrics_path, folder / "losses.png") if metrics_path.is_file() else None
+    # The report, the checkpoint and the files: the main process alone, with the unwrapped model (no collective).
+    after = _report(pf, val, val_pairs, val_emb, val_act, rewards, p) if main and p.eval_prompts else {}
     metrics = {"before": before, "after": after, "reward_model": reward_metrics, "last": row,
                "train_examples": len(train), "val_examples": len(val)}  # fmt: skip
-    write_json_atomic(
-        folder / "summary.json", {"method": p.method, "steps": total, "checkpoint": str(target), **metrics}
-    )
+    plot = None
+    if main:
+        pf.save_pretrained(target)
+        plot = plot_losses(metrics_path, folder / "losses.png") if metrics_path.is_file() else None
+        summary = {"method": p.method, "steps": total, "world_size": world, "checkpoint": str(target), **metrics}
+        write_json_atomic(folder / "summary.json", summary)
+    accelerator.wait_for_everyone()
     return PreferenceStageResult(target, p.method, total, start_step, round(time.perf_counter() - started, 2), metrics,
-                                 metrics_path, plot, reward_path)  # fmt: skip
+                                 metrics_path, plot, reward_path, world)  # fmt: skip
 
 
 def _add(stats: dict[str, float], values: dict[str, float], parts: int) -> None:
