@@ -354,7 +354,7 @@ def _load_state(folder: Path, fingerprint: str, params: dict[str, torch.nn.Param
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(tensors[name].to(param))
-    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     torch.set_rng_state(saved["rng"])
     return int(info["step"]), dict(info.get("before") or {})
