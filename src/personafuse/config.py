@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from personafuse.models.aliases import DEFAULT_BASE, DEFAULT_ENCODER
+from personafuse.models.quantization import LOAD_IN_CHOICES
 from personafuse.moe.config import ExpertConfig
 from personafuse.routing.router import RouterConfig
 
@@ -32,7 +33,9 @@ class PersonaFuseConfig:
     embed_dim: int = 0
     """Sentence-embedding size; filled in from the encoder when the model is created."""
     dtype: str = "float32"
-    """Weights dtype of the base model: float32, bfloat16 or float16."""
+    """Weights dtype of the base model: float32, bfloat16 or float16 (with ``load_in``: the compute dtype)."""
+    load_in: Literal["4bit", "8bit"] | None = None
+    """Quantise the frozen base's linear layers with bitsandbytes as it loads: "4bit" (nf4) or "8bit"; None = no."""
 
     def __post_init__(self) -> None:
         from personafuse.errors import ConfigError
@@ -45,6 +48,10 @@ class PersonaFuseConfig:
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if not isinstance(self.head_hidden, int) or self.head_hidden <= 0:
             raise ConfigError(f"head_hidden must be a positive integer, got {self.head_hidden!r}")
+        if self.load_in is not None and self.load_in not in LOAD_IN_CHOICES:
+            raise ConfigError(
+                f"load_in must be one of {list(LOAD_IN_CHOICES)} or null (unquantised), got {self.load_in!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

@@ -18,13 +18,14 @@ import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from personafuse import __version__
 from personafuse.atomic_io import staged_folder
 from personafuse.config import PersonaFuseConfig
+from personafuse.models.quantization import LoadIn
 from personafuse.moe import GateState, inject_persona_layers, merge_persona, persona_layers, unmerge_persona
 from personafuse.moe.peft_io import load_expert, save_expert
 from personafuse.routing.persona_router import ROUTER_NAME, PersonaRouter
@@ -90,6 +91,7 @@ class PersonaFuse:
         device: str | None = None,
         init_b: str = "zeros",
         seed: int = 0,
+        load_in: LoadIn | None = None,
     ) -> PersonaFuse:
         """A fresh model: base + ten untrained experts + zero-shot head (prototypes = pole descriptions).
 
@@ -104,9 +106,13 @@ class PersonaFuse:
             device: where to put the models (default: CUDA if available, else CPU).
             init_b: "zeros" (experts start as no-ops, as in PEFT) or "random" (for tests and benchmarks).
             seed: seed of the expert initialisation.
+            load_in: "4bit" (nf4) or "8bit" loads the base quantised by bitsandbytes (QLoRA-style; needs
+                ``pip install 'personafuse[quant]'``); the experts take ``config.dtype``, the compute dtype. Like the
+                other expert arguments, unused when ``config`` is given (set ``config.load_in`` there).
 
         Raises:
-            ModelLoadError / ConfigError: an unknown model, or a target module the base lacks.
+            ModelLoadError / ConfigError: an unknown model, a target module the base lacks, or ``load_in`` without
+                bitsandbytes installed.
         """
         from personafuse.moe.config import ExpertConfig
 
@@ -117,8 +123,9 @@ class PersonaFuse:
                     alpha=float(alpha if alpha is not None else 2 * rank),
                     dropout=dropout,
                     target_modules=target_modules,
-                )  # fmt: skip
-            )
+                ),
+                load_in=load_in,
+            )  # fmt: skip
             if base:
                 config.base = base
             if encoder:
@@ -138,28 +145,41 @@ class PersonaFuse:
 
     @classmethod
     def _assemble(cls, config: PersonaFuseConfig, device: str | None) -> PersonaFuse:
+        from personafuse.errors import ModelLoadError
         from personafuse.models import load_base_model, resolve_base_path
+        from personafuse.models.quantization import check_bitsandbytes
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         resolve_base_path(config.base)  # fail on a bad base name before spending time on the encoder
+        missing = check_bitsandbytes(config.load_in)
+        if missing:
+            raise ModelLoadError(missing)
         persona_router = PersonaRouter.create(config.encoder, config.router, config.head_hidden, device)
         if config.embed_dim and config.embed_dim != persona_router.embed_dim:
-            from personafuse.errors import ModelLoadError
-
             raise ModelLoadError(
                 f"the checkpoint's router expects {config.embed_dim}-d embeddings but encoder {config.encoder!r} "
                 f"gives {persona_router.embed_dim}-d; load it with the encoder it was trained with"
             )
         config.embed_dim = persona_router.embed_dim
-        model, tokenizer = load_base_model(config.base, dtype=getattr(torch, config.dtype), device=device)
+        dtype = getattr(torch, config.dtype)
+        model, tokenizer = load_base_model(config.base, dtype=dtype, device=device, load_in=config.load_in)
         state = GateState()
-        inject_persona_layers(model, config.experts, state)
-        model.to(device)
+        # The experts take the configured dtype, not the base weight's: a quantised weight is stored as integers.
+        inject_persona_layers(model, config.experts, state, dtype=dtype)
+        if config.load_in is None:  # a quantised base was loaded onto `device`, and its experts were made there
+            model.to(device)
         return cls(config, model, tokenizer, persona_router, state)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | None = None) -> PersonaFuse:
+    def from_pretrained(cls, path: str | os.PathLike, device: str | None = None,
+                        load_in: Literal["saved"] | LoadIn | None = "saved") -> PersonaFuse:  # fmt: skip
         """Load a checkpoint saved by :meth:`save_pretrained`.
+
+        Args:
+            path: the checkpoint folder.
+            device: where to put the models (default: CUDA if available, else CPU).
+            load_in: "saved" quantises the base as the checkpoint was saved (its ``config.json``); "4bit", "8bit"
+                or None overrides that, e.g. None to merge experts that were trained on a 4-bit base.
 
         Raises:
             ModelLoadError: missing files, another package's config, or weights that do not fit the base.
@@ -174,6 +194,8 @@ class PersonaFuse:
         raw = json.loads(config_path.read_text())
         if raw.pop("personafuse_version", None) is None:
             raise ModelLoadError(f"{config_path} was not written by personafuse (no personafuse_version)")
+        if load_in != "saved":
+            raw["load_in"] = load_in
         config = PersonaFuseConfig.from_dict(raw)
         pf = cls._assemble(config, device)
         for index, pole in enumerate(POLES):
@@ -277,7 +299,12 @@ class PersonaFuse:
             self.state.enabled = previous
 
     def merge(self, persona: PersonaSpec) -> torch.Tensor:
-        """Merge one fixed persona into the base weights (fastest decoding); returns its gates [10]."""
+        """Merge one fixed persona into the base weights (fastest decoding); returns its gates [10].
+
+        Raises:
+            PersonaError: ``persona`` is automatic routing or invalid.
+            UserError: the base is quantised (``load_in``); nothing is merged.
+        """
         gates = self.gates_of(persona)
         if gates is None:
             raise PersonaError("merge needs a fixed persona (gates or an activation), not automatic routing")

@@ -16,7 +16,7 @@ import torch
 
 from personafuse import __version__
 from personafuse.export.folder import check_target, staged_folder
-from personafuse.moe import persona_layers
+from personafuse.moe import check_mergeable, persona_layers
 from personafuse.traits import Gates
 
 if TYPE_CHECKING:
@@ -30,7 +30,11 @@ def merged_state_dict(pf: PersonaFuse, gates: torch.Tensor) -> dict[str, torch.T
     """The base model's state dict with ``gates`` [10] merged into every adapted weight and no LoRA tensors.
 
     Keys are those of the plain base model (``...q_proj.weight``, not ``...q_proj.base.weight``).
+
+    Raises:
+        UserError: the base is quantised (``load_in``); a merged export needs the unquantised weights.
     """
+    check_mergeable(pf.model)
     state = pf.model.state_dict()
     for name, layer in persona_layers(pf.model):
         weight = state.pop(f"{name}.base.weight")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from personafuse.models.aliases import BASE_ALIASES, personafuse_home, wheel_file
+from personafuse.models.quantization import LoadIn, bnb_config, keep_cpu_kernel_trainable
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +74,9 @@ def _random_model(config_path: str, dtype, device: str | None):
     path = Path(config_path).expanduser()
     folder = path if path.is_dir() else path.parent
     if not (path / "config.json" if path.is_dir() else path).is_file():
-        raise ModelLoadError(f"random-weights config {config_path!r} does not exist; give a HF config.json or its folder")
+        raise ModelLoadError(
+            f"random-weights config {config_path!r} does not exist; give a HF config.json or its folder"
+        )
     config = AutoConfig.from_pretrained(str(path))
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     with torch.device(device or "cpu"):
@@ -113,25 +116,44 @@ def resolve_base_path(name: str) -> str:
 
 
 def load_base_model(
-    name: str, dtype: str | torch.dtype = "float32", device: str | None = None
+    name: str, dtype: str | torch.dtype = "float32", device: str | None = None, load_in: LoadIn | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer by alias, path or hub id.
 
     The tokenizer pads on the left (decoder-only batched generation) and gets a pad token if it lacks one.
 
+    Args:
+        name: alias, local folder or hub id.
+        dtype: weights dtype; with ``load_in`` the compute dtype of the quantised linears and the dtype of the
+            rest (embeddings, norms, output head).
+        device: where to put the model (default: left on the CPU).
+        load_in: ``"4bit"`` (nf4, double quantisation) or ``"8bit"`` quantises the linear layers with
+            bitsandbytes as they load (see :mod:`personafuse.models.quantization`); None loads them unquantised.
+
     Raises:
-        ModelLoadError: the model cannot be found or loaded; the message names it and lists the aliases.
+        ModelLoadError: the model cannot be found or loaded (the message names it and lists the aliases), or
+            ``load_in`` is set and bitsandbytes is not installed.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from personafuse.errors import ModelLoadError
 
     if name.startswith(RANDOM_PREFIX):
+        if load_in is not None:
+            raise ModelLoadError(f"load_in={load_in!r} does not apply to random-weights bases ({name!r}); "
+                                 "give a real model folder or id, or leave load_in unset")  # fmt: skip
         return _random_model(name[len(RANDOM_PREFIX) :], dtype, device)
     path = resolve_base_path(name)
+    quantized: dict = {}
+    if load_in is not None:
+        compute_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        # Quantise while loading, on the target device (moving a bitsandbytes model afterwards is limited); a bare
+        # "cuda" becomes cuda:LOCAL_RANK in transformers, so each DDP process loads onto its own GPU.
+        quantized = {"quantization_config": bnb_config(load_in, compute_dtype), "device_map": device or "cpu"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **quantized)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"cannot load base model {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
@@ -140,7 +162,9 @@ def load_base_model(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if device:
+    if load_in is not None:
+        keep_cpu_kernel_trainable(model)
+    elif device:
         model.to(device)
     model.eval()
     return model, tokenizer

@@ -2,6 +2,7 @@
 
 from personafuse.moe.config import ALL_LINEAR, ExpertConfig
 from personafuse.moe.inject import (
+    check_mergeable,
     find_target_linears,
     inject_persona_layers,
     merge_persona,
@@ -16,6 +17,7 @@ __all__ = [
     "ExpertConfig",
     "GateState",
     "PersonaLoRALinear",
+    "check_mergeable",
     "find_target_linears",
     "inject_persona_layers",
     "merge_persona",

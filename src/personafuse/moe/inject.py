@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from personafuse.moe.config import ALL_LINEAR, ExpertConfig
-from personafuse.moe.layer import GateState, PersonaLoRALinear
+from personafuse.moe.layer import GateState, PersonaLoRALinear, quantized_merge_error
 
 
 def _output_head_names(model: nn.Module) -> set[str]:
@@ -54,8 +54,16 @@ def find_target_linears(model: nn.Module, target_modules: list[str] | str) -> li
     return sorted(set(chosen), key=linears.index)
 
 
-def inject_persona_layers(model: nn.Module, config: ExpertConfig, state: GateState) -> list[str]:
+def inject_persona_layers(model: nn.Module, config: ExpertConfig, state: GateState,
+                          dtype: torch.dtype | None = None) -> list[str]:  # fmt: skip
     """Replace each targeted ``nn.Linear`` by a :class:`PersonaLoRALinear` sharing ``state``; freeze the base.
+
+    Args:
+        model: the base causal LM (changed in place).
+        config: rank, alpha, dropout and target modules of the experts.
+        state: the gates every persona layer reads.
+        dtype: the experts' dtype; needed for a quantised base, whose weights are stored as integers (give the
+            compute dtype). Default: each base weight's dtype.
 
     Returns:
         The names of the adapted modules, in model order.
@@ -67,7 +75,7 @@ def inject_persona_layers(model: nn.Module, config: ExpertConfig, state: GateSta
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
-        layer = PersonaLoRALinear(base, config.rank, config.alpha, config.dropout, state)
+        layer = PersonaLoRALinear(base, config.rank, config.alpha, config.dropout, state, dtype=dtype)
         layer.train(base.training)  # a new module starts in training mode; follow the model's mode
         setattr(parent, child, layer)
     return names
@@ -80,8 +88,24 @@ def persona_layers(model: nn.Module) -> Iterator[tuple[str, PersonaLoRALinear]]:
             yield name, module
 
 
+def check_mergeable(model: nn.Module) -> None:
+    """Refuse, before any weight changes, to merge into a model whose adapted base weights are quantised.
+
+    Raises:
+        UserError: one line naming the first quantised layer and what to do instead.
+    """
+    for name, layer in persona_layers(model):
+        if layer.quantized:
+            raise quantized_merge_error(layer, name)
+
+
 def merge_persona(model: nn.Module, gates: torch.Tensor) -> None:
-    """Merge one fixed mix ``gates`` [10] into every adapted weight (the fixed-persona fast path)."""
+    """Merge one fixed mix ``gates`` [10] into every adapted weight (the fixed-persona fast path).
+
+    Raises:
+        UserError: the base is quantised (see :func:`check_mergeable`); nothing is merged then.
+    """
+    check_mergeable(model)
     for _, layer in persona_layers(model):
         layer.merge(gates)
 

@@ -96,16 +96,33 @@ class GateState:
 
 
 class PersonaLoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` with ten stacked LoRA experts mixed by the shared :class:`GateState`."""
+    """A frozen ``nn.Linear`` with ten stacked LoRA experts mixed by the shared :class:`GateState`.
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float, state: GateState) -> None:
+    The base may be a quantised linear (bitsandbytes ``Linear4bit`` / ``Linear8bitLt``, whose weight is stored as
+    integers): the experts then take ``dtype`` (the compute dtype), and merging is refused (see :meth:`merge`).
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float, state: GateState,
+                 dtype: torch.dtype | None = None) -> None:  # fmt: skip
+        """Wrap ``base``; ``dtype`` is the experts' dtype (default: the base weight's, which must then be a float).
+
+        Raises:
+            TypeError: no ``dtype`` for a base whose weight is stored quantised (not a floating-point dtype).
+        """
         super().__init__()
         self.base = base
         self.rank = rank
         self.scaling = float(alpha) / rank
         self.state = state
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        if dtype is None:
+            dtype = base.weight.dtype
+        if not dtype.is_floating_point:
+            raise TypeError(
+                f"experts of dtype {dtype} are not trainable; {type(base).__name__} stores its weight as "
+                f"{base.weight.dtype} (a quantised base), so pass dtype=<its compute dtype>, e.g. torch.bfloat16"
+            )
+        factory = {"device": base.weight.device, "dtype": dtype}
         # Stacked experts: rows e*r:(e+1)*r of A and columns e*r:(e+1)*r of B belong to expert POLES[e].
         self.lora_A = nn.Parameter(torch.empty(NUM_EXPERTS * rank, base.in_features, **factory))  # [E*r, in]
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, NUM_EXPERTS * rank, **factory))  # [out, E*r]
@@ -129,6 +146,11 @@ class PersonaLoRALinear(nn.Module):
     @property
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
+
+    @property
+    def quantized(self) -> bool:
+        """True when the base weight is stored quantised (bitsandbytes uint8 / int8): it cannot take a merge."""
+        return not self.base.weight.dtype.is_floating_point
 
     def reset_experts(self, init_b: str = "zeros", generator: torch.Generator | None = None) -> None:
         """Re-initialise the experts: A as in PEFT (Kaiming uniform), B zeros (a no-op adapter) or random.
@@ -241,7 +263,14 @@ class PersonaLoRALinear(nn.Module):
         return (self.lora_B * scale) @ self.lora_A
 
     def merge(self, gates: torch.Tensor) -> None:
-        """Add one fixed mix into the base weight; forward then costs exactly the base's."""
+        """Add one fixed mix into the base weight; forward then costs exactly the base's.
+
+        Raises:
+            UserError: the base weight is quantised (adding a float delta to 4-bit codes is not a merge).
+            RuntimeError: a persona is already merged.
+        """
+        if self.quantized:
+            raise quantized_merge_error(self)
         if self.merged_gates is not None:
             raise RuntimeError("a persona is already merged; unmerge it first")
         with torch.no_grad():
@@ -258,3 +287,15 @@ class PersonaLoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"experts={NUM_EXPERTS}, rank={self.rank}, scaling={self.scaling:g}"
+
+
+def quantized_merge_error(layer: PersonaLoRALinear, name: str = "") -> Exception:
+    """The one-line error for merging into a quantised base (``name``: the layer's module name, if known)."""
+    from personafuse.errors import UserError
+
+    where = f"{name} ({type(layer.base).__name__})" if name else type(layer.base).__name__
+    return UserError(
+        f"merging a persona needs an unquantised base, but {where} stores its weight as {layer.base.weight.dtype} "
+        "(a load_in='4bit'/'8bit' base); reload without load_in (PersonaFuse.from_pretrained(path, load_in=None)) "
+        "to merge or export merged, or keep the experts unmerged: routing works on a quantised base"
+    )

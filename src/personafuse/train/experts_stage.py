@@ -172,7 +172,8 @@ def _trainer_class():
         """
 
         def __init__(self, *args: Any, pf: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
+            with _experts_count_as_adapters(kwargs["model"]):
+                super().__init__(*args, **kwargs)
             self.pf = pf
             self.seen_samples = 0
             self.seen_tokens = 0
@@ -329,6 +330,52 @@ def build_model(config: TrainConfig, router_weights: str | Path | None = None, d
     return pf
 
 
+def _experts_count_as_adapters(model: Any):
+    """While the Trainer is built, mark a quantised base as carrying trainable adapters.
+
+    Why: ``Trainer.__init__`` refuses a quantised model unless PEFT adapters are attached ("You cannot perform
+    fine-tuning on purely quantized models"). The persona experts are such adapters, but not PEFT's, so the check
+    does not see them; it looks at ``_hf_peft_config_loaded``, which is set here and restored afterwards. The
+    check runs only in ``__init__`` (transformers 5), and the flag changes nothing else of ours: this Trainer
+    saves only the experts itself (``_save``).
+    """
+    import contextlib
+
+    if not getattr(model, "is_quantized", False):
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def marked():
+        previous = getattr(model, "_hf_peft_config_loaded", False)
+        model._hf_peft_config_loaded = True
+        try:
+            yield
+        finally:
+            model._hf_peft_config_loaded = previous
+
+    return marked()
+
+
+def prepare_quantized_training(pf: Any, gradient_checkpointing: bool) -> None:
+    """PEFT's ``prepare_model_for_kbit_training`` for a quantised base, minus its casts: base frozen, input grads.
+
+    The base is already frozen by the injection (only ``lora_A`` / ``lora_B`` train); this checks it and keeps
+    bitsandbytes' CPU kernel differentiable (see ``keep_cpu_kernel_trainable``). With gradient checkpointing it
+    also makes the embeddings' output require grad, as PEFT does: reentrant checkpointing would otherwise return
+    no gradient for blocks whose input comes only from the frozen base (the non-reentrant kind this stage uses
+    does not need it, so this is a guard against a changed setting). Unlike PEFT, nothing is upcast to float32:
+    the norms and the head stay in ``model.dtype`` and the experts are upcast under mixed precision by
+    :func:`_upcast_experts`, which keeps the memory a 4-bit base saves.
+    """
+    from personafuse.models.quantization import keep_cpu_kernel_trainable
+
+    trainable = [n for n, p in pf.model.named_parameters() if p.requires_grad and ".lora_" not in n]
+    assert not trainable, f"base parameters left trainable: {trainable[:3]}"
+    keep_cpu_kernel_trainable(pf.model)
+    if gradient_checkpointing:
+        pf.model.enable_input_require_grads()
+
+
 def _upcast_experts(pf: Any) -> None:
     """Keep the experts in float32 under mixed precision (autocast runs the matmuls in bf16/fp16)."""
     from personafuse.moe import persona_layers
@@ -407,6 +454,8 @@ def train_experts(config: TrainConfig, *, pf: Any = None, data: Any = None, rout
         data = load_training_data(config, pf)
     if config.experts.mixed_precision != "no":
         _upcast_experts(pf)
+    if pf.config.load_in is not None:
+        prepare_quantized_training(pf, config.experts.gradient_checkpointing)
     pf.model.config.use_cache = False  # no KV cache while training
     resume = complete_checkpoints(trainer_dir)
     resume_from = resume[-1] if resume else None

@@ -189,6 +189,7 @@ def validate_run(config: TrainConfig, stages: Sequence[str], fresh: bool = False
     """Check everything the chosen stages need before any model loads; raise all problems at once.
 
     Checks: stage names and availability; the base and encoder names (aliases installed, local paths present);
+    bitsandbytes installed when ``model.load_in`` quantises the base;
     ``data.corpus`` readable with train records; ``data.general`` with the needed fields; each stage module's
     own ``check_<stage>_config(config)`` when it has one; an earlier stage-1 run in ``output_dir`` made with the
     same settings.
@@ -198,6 +199,7 @@ def validate_run(config: TrainConfig, stages: Sequence[str], fresh: bool = False
     """
     from personafuse.errors import ConfigError
     from personafuse.models.aliases import BASE_ALIASES, ENCODER_ALIASES
+    from personafuse.models.quantization import check_bitsandbytes
 
     problems: list[str] = []
     unknown = [s for s in stages if s not in KNOWN_STAGES]
@@ -210,7 +212,8 @@ def validate_run(config: TrainConfig, stages: Sequence[str], fresh: bool = False
             problems.append(f"stage {stage!r} is not available yet ({STAGE_MODULES[stage][0]} is not written); "
                             "run --stage experts (or the stages that exist)")  # fmt: skip
     for problem in (_model_problem("model.base", config.model.base, BASE_ALIASES),
-                    _model_problem("model.encoder", config.model.encoder, ENCODER_ALIASES)):  # fmt: skip
+                    _model_problem("model.encoder", config.model.encoder, ENCODER_ALIASES),
+                    check_bitsandbytes(config.model.load_in, "model.load_in")):  # fmt: skip
         if problem:
             problems.append(problem)
     corpus_problems, records = _corpus_problems(config.data.corpus)
