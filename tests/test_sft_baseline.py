@@ -71,3 +71,28 @@ def test_cli_trains_a_plain_peft_lora_that_eval_loads(monkeypatch, capsys, tiny_
     assert code == 0, err
     assert json.loads(out)["stages"][0]["status"] == "cached"
     assert Path(json.loads(out)["stages"][0]["paths"]["adapter"]) == adapter
+
+
+def test_a_4bit_base_trains_the_baseline_too(monkeypatch, capsys, tiny_base, tmp_path):
+    """``model.load_in=4bit`` reaches the baseline's base (QLoRA-style), as it does the experts'."""
+    import pytest
+
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes not installed (pip install 'personafuse[quant]')")
+    from personafuse import models
+
+    seen = {}
+    original = models.load_base_model
+
+    def spy(*args, **kwargs):
+        model, tokenizer = original(*args, **kwargs)
+        seen.update(load_in=kwargs.get("load_in"), quantized=bool(getattr(model, "is_loaded_in_4bit", False)))
+        return model, tokenizer
+
+    monkeypatch.setattr(models, "load_base_model", spy)
+    monkeypatch.chdir(REPO)
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--config", "tiny", "--stage", "sft_baseline", "--json",
+                             "--no-progress", f"model.base={tiny_base}", "model.load_in=4bit", "experts.max_steps=1",
+                             "--output-dir", str(tmp_path / "q"))  # fmt: skip
+    assert code == 0, err
+    assert seen == {"load_in": "4bit", "quantized": True}
+    assert (tmp_path / "q" / "sft_baseline" / "adapter" / "adapter_model.safetensors").is_file()

@@ -159,7 +159,7 @@ def train_sft_baseline(config: TrainConfig, *, progress: bool = True, **_: Any) 
     set_seed(config.seed)
     rows, general = baseline_rows(config)
     model, tokenizer = load_base_model(config.model.base, dtype=getattr(torch, config.model.dtype),
-                                       device=str(args.device))  # fmt: skip
+                                       device=str(args.device), load_in=config.model.load_in)  # fmt: skip
     experts = config.model.experts
     lora = LoraConfig(r=experts.rank, lora_alpha=experts.alpha, lora_dropout=experts.dropout,
                       target_modules=experts.target_modules, task_type="CAUSAL_LM")  # fmt: skip
