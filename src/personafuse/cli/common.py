@@ -30,7 +30,7 @@ def quiet_libraries() -> None:
     """Keep transformers / sentence-transformers progress bars and warnings out of CLI output."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("transformers", "sentence_transformers", "huggingface_hub", "peft"):
+    for name in ("transformers", "sentence_transformers", "huggingface_hub", "peft", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging

@@ -156,7 +156,10 @@ def _task_command(task_class: type[Task]) -> Any:
 
 def run_task(task_class: type[Task], kwargs: dict[str, Any]) -> None:
     """Load the task (data first: fast errors), then the model, run, save, print."""
+    from personafuse.cli.common import quiet_libraries
     from personafuse.evaluate.models import load_eval_model
+
+    quiet_libraries()
 
     limit = parse_limit(kwargs.pop("limit"))
     seed = kwargs.pop("seed")
