@@ -269,16 +269,24 @@ def _metrics_callback(metrics_logger: Any, trainer_ref: list[Any]):
 
 
 # ---------------------------------------------------------------------------------------------------- the recipe
-def _training_arguments(config: TrainConfig, trainer_dir: Path, progress: bool):
+def trainer_arguments(config: TrainConfig, trainer_dir: Path, progress: bool, args_class: type | None = None,
+                      **overrides: Any):  # fmt: skip
+    """Stage 1's Trainer arguments from the ``experts:`` schedule; also the plain-SFT baseline's (same schedule).
+
+    Args:
+        args_class: ``TrainingArguments`` (default) or a subclass such as TRL's ``SFTConfig``.
+        overrides: arguments that replace or extend the defaults.
+    """
     from transformers import TrainingArguments
 
+    args_class = args_class or TrainingArguments
     stage = config.experts
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     # transformers 5 renamed gradient_checkpointing -> activation_checkpointing; use what this version has.
     prefix = "activation" if "activation_checkpointing" in names else "gradient"
     checkpointing = {f"{prefix}_checkpointing": stage.gradient_checkpointing,
                      f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}  # fmt: skip
-    return TrainingArguments(
+    defaults = dict(
         output_dir=str(trainer_dir),
         per_device_train_batch_size=stage.batch_size,
         gradient_accumulation_steps=stage.grad_accum,
@@ -310,6 +318,7 @@ def _training_arguments(config: TrainConfig, trainer_dir: Path, progress: bool):
         disable_tqdm=not progress,
         ddp_find_unused_parameters=False,  # stacked experts: every tensor gets a (partly zero) gradient
     )
+    return args_class(**{**defaults, **overrides})
 
 
 def build_model(config: TrainConfig, router_weights: str | Path | None = None, device: str | None = None):
@@ -436,7 +445,7 @@ def train_experts(config: TrainConfig, *, pf: Any = None, data: Any = None, rout
     folder = stage_dir(config)
     trainer_dir = folder / "trainer"
     metrics_path = folder / "metrics.jsonl"
-    args = _training_arguments(config, trainer_dir, progress)  # also sets up the processes under accelerate/torchrun
+    args = trainer_arguments(config, trainer_dir, progress)  # also sets up the processes under accelerate/torchrun
     processes = PartialState()
     if fresh and args.should_save and folder.exists():
         shutil.rmtree(folder)

@@ -89,38 +89,14 @@ def baseline_rows(config: TrainConfig) -> tuple[list[dict[str, Any]], int]:
 
 
 def _sft_config(config: TrainConfig, trainer_dir: Path, progress: bool):
+    """Stage 1's schedule (``experts:``) as TRL's ``SFTConfig``, with SFT's own data settings."""
     from trl import SFTConfig
 
-    stage = config.experts
-    return SFTConfig(
-        output_dir=str(trainer_dir),
-        per_device_train_batch_size=stage.batch_size,
-        gradient_accumulation_steps=stage.grad_accum,
-        learning_rate=stage.lr,
-        num_train_epochs=stage.epochs,
-        max_steps=stage.max_steps,
-        warmup_steps=stage.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers >= 5)
-        lr_scheduler_type=stage.lr_schedule,
-        weight_decay=stage.weight_decay,
-        max_grad_norm=stage.max_grad_norm,
-        bf16=stage.mixed_precision == "bf16",
-        fp16=stage.mixed_precision == "fp16",
-        gradient_checkpointing=stage.gradient_checkpointing,
-        logging_steps=stage.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=stage.save_steps,
-        save_total_limit=stage.save_total_limit,
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to="none",
-        max_length=config.data.max_length,
-        completion_only_loss=True,
-        packing=False,
-        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=not progress,
-    )
+    from personafuse.train.experts_stage import trainer_arguments
+
+    return trainer_arguments(config, trainer_dir, progress, args_class=SFTConfig,
+                             remove_unused_columns=True,  # SFTTrainer tokenises prompt/completion itself
+                             max_length=config.data.max_length, completion_only_loss=True, packing=False)  # fmt: skip
 
 
 def finished_result(config: TrainConfig) -> SftBaselineResult | None:
