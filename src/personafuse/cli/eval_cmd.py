@@ -1,4 +1,5 @@
-"""`personafuse eval TASK --model ...` (one subcommand per registered task) and `personafuse eval report RUN...`.
+"""`personafuse eval TASK --model ...` (one subcommand per registered task), `personafuse eval report RUN...` and
+`personafuse eval lm-eval --tasks gsm8k,mmlu ...` (lm-eval-harness's own tasks, offline).
 
 Each task's flags are generated from its config dataclass (type, default, attribute docstring as help), so the
 CLI is the config's signature and a new task needs no CLI code. Flags every task shares: --model, --mode,
@@ -11,6 +12,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import logging
 import re
 import sys
 import textwrap
@@ -40,7 +42,8 @@ class _EvalGroup(TyperGroup):
 
 eval_app = typer.Typer(
     cls=_EvalGroup,
-    help="Evaluate a model on a task (EmoBench, EQ-Bench v2, personality, GSM8K, MMLU, safety, judge) or report runs.",
+    help="Evaluate a model on a task (EmoBench, EQ-Bench v2, personality, GSM8K, MMLU, safety, judge), run "
+    "lm-eval-harness's GSM8K / MMLU (lm-eval), or report runs.",
     no_args_is_help=True,
 )
 
@@ -215,6 +218,115 @@ def report(
         print(f"{kind}: {path}")
 
 
+def _quiet_lm_eval() -> None:
+    """No per-task progress bars or notices from lm-eval and datasets (MMLU is 57 tasks: 114 bars otherwise)."""
+    import functools
+
+    import datasets
+    import lm_eval.api.task
+    from tqdm import tqdm
+
+    datasets.disable_progress_bars()
+    lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)  # its request-building bar has no switch
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+
+
+def lm_eval_command(
+    tasks: str = typer.Option(
+        ...,
+        "--tasks",
+        help="Comma-separated: gsm8k, mmlu, mmlu_stem | mmlu_other | "
+        "mmlu_social_sciences | mmlu_humanities, mmlu_<subject> (e.g. mmlu_anatomy).",
+    ),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        help="A PersonaFuse checkpoint folder, or an HF model folder / id / alias (e.g. smollm2-135m-instruct).",
+    ),
+    mode: str | None = typer.Option(
+        None,
+        "--mode",
+        help="Checkpoint mode: base | routed | uniform | pole:<P> | "
+        "prompt (default routed; other models run base; prompt needs "
+        "--apply-chat-template).",
+    ),
+    adapter: str | None = typer.Option(None, "--adapter", help="PEFT LoRA folder applied on an HF model."),
+    data: str = typer.Option(
+        ...,
+        "--data",
+        help="Data root holding gsm8k/ (test.jsonl, train.jsonl) and mmlu/ (test/, dev/ CSVs), e.g. shared/data.",
+    ),
+    limit: str | None = typer.Option(
+        None,
+        "--limit",
+        help="lm-eval's limit: the first N documents of each task (each MMLU subject); omit for the full sets.",
+    ),
+    num_fewshot: int | None = typer.Option(
+        None, "--num-fewshot", help="Shots per question (default: the task's, GSM8K 5, MMLU 0)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="lm-eval's random, numpy, torch and few-shot seed."),
+    apply_chat_template: bool = typer.Option(
+        False,
+        "--apply-chat-template/--plain",
+        help="Render prompts with "
+        "the model's chat template, few-shot examples as turns (default: "
+        "lm-eval's plain prompts).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Result JSON (default eval_runs/lm-eval-<tasks>-<model>-<mode>.json)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
+    device: str | None = typer.Option(None, "--device", help="Torch device (default: cuda if available)."),
+) -> None:
+    """lm-eval-harness's GSM8K (exact match) and MMLU (multiple choice) on a local model in any mode, offline."""
+    from personafuse.cli.common import quiet_libraries
+    from personafuse.errors import UserError
+    from personafuse.evaluate.lm_eval_run import (
+        PROMPT_NEEDS_CHAT,
+        lm_eval_version,
+        metric_rows,
+        run_lm_eval,
+        save_result,
+    )
+    from personafuse.evaluate.lm_eval_tasks import parse_tasks
+    from personafuse.evaluate.models import load_eval_model
+
+    quiet_libraries()
+    lm_eval_version()  # missing lm-eval: one line before the slow load
+    _quiet_lm_eval()
+    names = parse_tasks(tasks)
+    count = parse_limit(limit)
+    if model.startswith("openai:"):
+        raise UserError(f"--model {model} is an endpoint; run lm-eval's local-chat-completions model against it "
+                        "(docs/evaluation.md), this command runs local models")  # fmt: skip
+    if mode == "prompt" and not apply_chat_template:
+        raise UserError(PROMPT_NEEDS_CHAT)
+    loader = lambda: load_eval_model(model, mode, adapter, device, batch_size)  # noqa: E731  (after the data check)
+    result = run_lm_eval(loader, names, data, limit=count, num_fewshot=num_fewshot, seed=seed,
+                         apply_chat_template=apply_chat_template)  # fmt: skip
+    path = save_result(result, out or default_out(f"lm-eval-{'+'.join(names)}", model, mode))
+    if json_out:
+        print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    for column in ("task", "metric", "filter", "value", "stderr", "n"):
+        table.add_column(column, justify="right" if column in ("value", "stderr", "n") else "left")
+    for task, metric, filt, value, stderr, n in metric_rows(result):
+        table.add_row(escape(task), metric, filt, f"{value:.4f}", "" if stderr is None else f"{stderr:.4f}",
+                      "" if n is None else str(n))  # fmt: skip
+    console = Console()
+    fmt = "chat template" if apply_chat_template else "plain prompts"
+    label = f"{result['model'].get('name')} [{result['model'].get('mode')}]"
+    console.print(escape(f"lm-eval {result['lm_eval_version']} · {label} · {fmt}"), style="bold", highlight=False)
+    console.print(table)
+    console.print(escape(f"{result['wall_s']:.1f} s · wrote {path}"), highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `eval` command group: one subcommand per registered task, plus `report`."""
     import personafuse.evaluate  # noqa: F401  (registers the built-in tasks)
@@ -223,4 +335,5 @@ def register(app: typer.Typer) -> None:
         doc = (inspect.getdoc(task_class) or name).splitlines()[0]
         eval_app.command(name, help=doc)(_task_command(task_class))
     eval_app.command("report")(report)
+    eval_app.command("lm-eval")(lm_eval_command)
     app.add_typer(eval_app, name="eval")

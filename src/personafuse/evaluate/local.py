@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from personafuse.errors import UserError
-from personafuse.evaluate.models import Messages, Mode, conversation_key, parse_mode
+from personafuse.evaluate.models import PLAIN_ROLE, Messages, Mode, conversation_key, parse_mode
 from personafuse.evaluate.persona_prompt import activation_system_prompt, with_system_prompt
 from personafuse.traits import POLES
 
@@ -74,7 +74,20 @@ class CausalLMRunner:
         return next(self.model.parameters()).device
 
     def render(self, conversation: Messages) -> str:
-        """The chat-templated prompt text, ending with the assistant's generation prompt."""
+        """The chat-templated prompt text, ending with the assistant's generation prompt.
+
+        A conversation of one :data:`~personafuse.evaluate.models.PLAIN_ROLE` message is returned verbatim.
+
+        Raises:
+            UserError: a plain-text message beside other messages (e.g. ``--mode prompt``'s system prompt).
+        """
+        if any(m.get("role") == PLAIN_ROLE for m in conversation):
+            if len(conversation) != 1:
+                raise UserError(
+                    f"a plain-text prompt (role {PLAIN_ROLE!r}) cannot be combined with other messages; --mode "
+                    "prompt adds a system prompt, so run it with the chat template (--apply-chat-template)"
+                )
+            return conversation[0]["content"]
         return self.tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
 
     def chat_template_info(self) -> dict[str, str]:

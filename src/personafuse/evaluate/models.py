@@ -24,6 +24,11 @@ Messages = list[dict[str, str]]
 
 ModeKind = Literal["base", "routed", "uniform", "pole", "prompt", "fixed"]
 
+PLAIN_ROLE = "text"
+"""Role of a message that is a whole prompt already: ``[{"role": PLAIN_ROLE, "content": "Question: ...\\nAnswer:"}]``
+is scored and continued verbatim by local models, without the chat template (lm-eval-harness's plain prompts,
+:mod:`personafuse.evaluate.lm_eval_model`). The router reads its content like any user turn."""
+
 
 class UnsupportedScoringError(UserError):
     """The model cannot score the way the task was asked to (e.g. log-likelihoods from an API endpoint)."""
