@@ -43,14 +43,15 @@ declare -A MODEL=(
   [uniform]="--model $CKPT --mode uniform"
   [routed]="--model $CKPT --mode routed"
 )
-LABELS=(base prompt uniform routed)
+LABELS=(base routed prompt uniform)  # the model and its base first: a cut-short run still compares them
 if [[ -n $SFT ]]; then
   BASE_NAME=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['base'])" "$CKPT/config.json")
   MODEL[sft]="--model $BASE_NAME --adapter $SFT"
-  LABELS=(base prompt uniform sft routed)
+  LABELS=(base routed sft prompt uniform)
 fi
 
-for label in "${LABELS[@]}"; do
+run_label() {  # the five short tasks of one run label
+  local label=$1
   # shellcheck disable=SC2086
   {
     run emobench "$label" ${MODEL[$label]} --data "$DATA" --limit "$EMOBENCH_LIMIT"
@@ -59,16 +60,19 @@ for label in "${LABELS[@]}"; do
     run counseling "$label" ${MODEL[$label]} --data "$DATA" --limit "$REPLY_LIMIT" "${REWARD[@]}"
     run customer_service "$label" ${MODEL[$label]} --limit "$REPLY_LIMIT" "${REWARD[@]}"
   }
-done
-for label in base sft routed; do  # generation-heavy tasks: the base, the plain-SFT LoRA and PersonaFuse only
+}
+run_label base
+run_label routed
+run personality experts --model "$CKPT" --data "$DATA" --probe experts
+run personality prompts --model "$CKPT" --data "$DATA" --probe prompts
+for label in "${LABELS[@]:2}"; do run_label "$label"; done
+for label in base routed sft; do  # generation-heavy tasks (a limit of 0 skips one): base, PersonaFuse, plain SFT
   [[ -n ${MODEL[$label]:-} ]] || continue
   # shellcheck disable=SC2086
   {
-    run gsm8k "$label" ${MODEL[$label]} --data "$DATA" --limit "$GSM8K_LIMIT"
-    run eqbench "$label" ${MODEL[$label]} --data "$DATA" --limit "$EQBENCH_LIMIT"
+    [[ $GSM8K_LIMIT == 0 ]] || run gsm8k "$label" ${MODEL[$label]} --data "$DATA" --limit "$GSM8K_LIMIT"
+    [[ $EQBENCH_LIMIT == 0 ]] || run eqbench "$label" ${MODEL[$label]} --data "$DATA" --limit "$EQBENCH_LIMIT"
   }
 done
-run personality experts --model "$CKPT" --data "$DATA" --probe experts
-run personality prompts --model "$CKPT" --data "$DATA" --probe prompts
 
 "$PF" eval report "$OUT"/*.json --out "$OUT/report"
