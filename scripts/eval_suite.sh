@@ -21,6 +21,7 @@ SAFETY_LIMIT=${SAFETY_LIMIT:-10}       # per prompt set (3 harmful + benign)
 REPLY_LIMIT=${REPLY_LIMIT:-16}         # counselling and customer-service replies
 EQBENCH_LIMIT=${EQBENCH_LIMIT:-5}
 SEED=${SEED:-0}
+CORPUS=${CORPUS:-data/seed}            # customer_service: the seed corpus (its test split) or review files
 REWARD=()                              # REWARD_MODEL: a reward-model folder (else the eval trains/caches one)
 [[ -n ${REWARD_MODEL:-} ]] && REWARD=(--reward-model "$REWARD_MODEL")
 mkdir -p "$OUT"
@@ -58,7 +59,7 @@ run_label() {  # the five short tasks of one run label
     run mmlu "$label" ${MODEL[$label]} --data "$DATA" --limit "$MMLU_LIMIT"
     run safety "$label" ${MODEL[$label]} --data "$DATA" --limit "$SAFETY_LIMIT" --max-new-tokens 64
     run counseling "$label" ${MODEL[$label]} --data "$DATA" --limit "$REPLY_LIMIT" "${REWARD[@]}"
-    run customer_service "$label" ${MODEL[$label]} --limit "$REPLY_LIMIT" "${REWARD[@]}"
+    run customer_service "$label" ${MODEL[$label]} --data "$CORPUS" --limit "$REPLY_LIMIT" "${REWARD[@]}"
   }
 }
 run_label base
