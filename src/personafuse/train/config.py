@@ -191,7 +191,7 @@ class PreferenceStageConfig:
     lr: float = 5e-5
     """Learning rate."""
     train_router: bool = False
-    """Also update the persona head and router (default: only the experts; DPO on a few steps degraded routing)."""
+    """Also update the persona head and router (default: only the experts; 10 DPO steps cut val macro-F1 0.49 -> 0.44)."""
     num_generations: int = 4
     """RL: sampled replies per prompt."""
     max_new_tokens: int = 64
