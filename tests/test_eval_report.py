@@ -40,6 +40,16 @@ def test_runs_on_different_items_are_flagged_and_base_can_be_chosen():
         build_tables(runs, base_label="nope")
 
 
+def test_personality_runs_are_labelled_by_their_probe():
+    runs = [
+        _result("personality", "routed", {"separation_mean": 0.2}),
+        _result("personality", "routed", {"separation_mean": 0.1}),
+    ]
+    runs[0].config["probe"], runs[1].config["probe"] = "experts", "prompts"
+    (table,) = build_tables(runs)
+    assert table.labels == ["ckpt [probe experts]", "ckpt [probe prompts]"]
+
+
 def test_fmt_delta():
     assert fmt_delta(0.1234) == "+0.123" and fmt_delta(-12.345) == "−12.35" and fmt_delta(None) == ""
 

@@ -236,9 +236,12 @@ class TaskResult:
 
     @property
     def label(self) -> str:
-        """Short run label for tables: model name and mode."""
+        """Short run label for tables: model name and mode (the probe, for tasks that compare personas inside a run)."""
         mode = self.model.get("mode")
         name = str(self.model.get("name", "model"))
+        probe = self.config.get("probe")
+        if probe:
+            return f"{name} [probe {probe}]"
         return f"{name} [{mode}]" if mode else name
 
 
