@@ -10,7 +10,7 @@
 #
 # Runs: base (experts off), prompt (system prompt written from the routed activation), uniform gates,
 # sft (one LoRA on all ideal replies) and routed. A finished result is kept, so a rerun resumes.
-# Item counts are environment variables (defaults sized for ~1 hour on a 2-core CPU with SmolLM2-135M).
+# Item counts are environment variables (the defaults: ~2 hours of tasks on a busy 2-core CPU with SmolLM2-135M).
 set -euo pipefail
 CKPT=${1:?checkpoint}; DATA=${2:?data root}; OUT=${3:?output folder}; SFT=${4:-}
 PF=${PF:-personafuse}
