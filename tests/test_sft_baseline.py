@@ -72,6 +72,16 @@ def test_cli_trains_a_plain_peft_lora_that_eval_loads(monkeypatch, capsys, tiny_
     assert json.loads(out)["stages"][0]["status"] == "cached"
     assert Path(json.loads(out)["stages"][0]["paths"]["adapter"]) == adapter
 
+    other = [a.replace("experts.lr=1e-2", "experts.lr=5e-3") for a in args]  # other settings, same folder
+    code, _, err = run_cli(monkeypatch, capsys, *other)
+    assert code == 2 and "plain-SFT baseline run started with other settings" in err
+    assert "experts.lr: 0.01 -> 0.005" in err and "--fresh" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(monkeypatch, capsys, *other, "--fresh")
+    assert code == 0, err
+    assert json.loads(out)["stages"][0]["status"] == "trained"
+    rows = [json.loads(line) for line in (out_dir / "sft_baseline" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3], "a fresh run starts its metrics over"
+
 
 def test_a_4bit_base_trains_the_baseline_too(monkeypatch, capsys, tiny_base, tmp_path):
     """``model.load_in=4bit`` reaches the baseline's base (QLoRA-style), as it does the experts'."""

@@ -60,7 +60,9 @@ def train(
     ),
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Overrides output_dir."),
     fresh: bool = typer.Option(
-        False, "--fresh", help="Discard an earlier stage-1 run in the output folder instead of resuming it."
+        False,
+        "--fresh",
+        help="Discard an earlier stage-1 (or sft_baseline) run in the output folder instead of resuming it.",
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
     as_json: bool = JSON_OPTION,

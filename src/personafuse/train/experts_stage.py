@@ -118,16 +118,25 @@ def check_resumable(config: TrainConfig) -> None:
     Raises:
         ConfigError: ``output_dir`` holds a stage-1 run with a different fingerprint; names what changed.
     """
+    refuse_other_settings(stage_dir(config), fingerprint(config), "a stage-1 run")
+
+
+def refuse_other_settings(folder: Path, current: dict[str, Any], what: str) -> None:
+    """Raise when ``folder`` holds a run whose ``fingerprint.json`` differs from ``current``; name what changed.
+
+    Raises:
+        ConfigError: the one-line message names up to four changed keys and the fix (--fresh or another folder).
+    """
     from personafuse.errors import ConfigError
 
-    path = stage_dir(config) / FINGERPRINT_NAME
+    path = folder / FINGERPRINT_NAME
     if not path.is_file():
         return
-    changes = fingerprint_changes(json.loads(path.read_text()), fingerprint(config))
+    changes = fingerprint_changes(json.loads(path.read_text()), current)
     if changes:
         shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise ConfigError(
-            f"{stage_dir(config)} holds a stage-1 run started with other settings ({shown}); rerun with --fresh "
+            f"{folder} holds {what} started with other settings ({shown}); rerun with --fresh "
             f"to start over there, or choose another --output-dir"
         )
 

@@ -191,7 +191,7 @@ def validate_run(config: TrainConfig, stages: Sequence[str], fresh: bool = False
     Checks: stage names and availability; the base and encoder names (aliases installed, local paths present);
     bitsandbytes installed when ``model.load_in`` quantises the base;
     ``data.corpus`` readable with train records; ``data.general`` with the needed fields; each stage module's
-    own ``check_<stage>_config(config)`` when it has one; an earlier stage-1 run in ``output_dir`` made with the
+    own ``check_<stage>_config(config)`` when it has one; an earlier run of a stage in ``output_dir`` made with the
     same settings.
 
     Raises:
@@ -230,22 +230,23 @@ def validate_run(config: TrainConfig, stages: Sequence[str], fresh: bool = False
                 check(config)
             except ConfigError as exc:
                 problems.append(str(exc))
-    if "experts" in stages and not fresh:
-        from personafuse.train.experts_stage import check_resumable
-
-        try:
-            check_resumable(config)
-        except ConfigError as exc:
-            problems.append(str(exc))
+    for stage in stages if not fresh else ():  # an earlier run in output_dir made with other settings
+        check = _stage_check(stage, "check_resumable")
+        if check is not None:
+            try:
+                check(config)
+            except ConfigError as exc:
+                problems.append(str(exc))
     if problems:
         raise ConfigError("invalid training run: " + "; ".join(problems))
 
 
-def _stage_check(stage: str) -> Callable[[TrainConfig], None] | None:
+def _stage_check(stage: str, name: str | None = None) -> Callable[[TrainConfig], None] | None:
+    """The stage module's ``check_<stage>_config`` (or the function ``name``), if it has one."""
     if stage not in STAGE_MODULES or not stage_available(stage):
         return None
     module = importlib.import_module(STAGE_MODULES[stage][0])
-    return getattr(module, f"check_{stage}_config", None)
+    return getattr(module, name or f"check_{stage}_config", None)
 
 
 def _general_problems(path: str) -> list[str]:
@@ -344,7 +345,8 @@ def run_pipeline(config: TrainConfig, stages: Sequence[str], fresh: bool = False
     Args:
         config: the validated config.
         stages: stage names, in run order.
-        fresh: start stage 1 over instead of resuming (the other stages resume on their own terms).
+        fresh: start stage 1 and the plain-SFT baseline over instead of resuming (the other stages resume on their
+            own terms).
         progress: show progress bars.
         on_stage: called with (stage, "start" | "done") for the CLI's status lines.
 
@@ -371,7 +373,7 @@ def run_pipeline(config: TrainConfig, stages: Sequence[str], fresh: bool = False
             if router_path and main:
                 checkpoint = compose_checkpoint(checkpoint, router_path, Path(config.output_dir) / CHECKPOINT_DIR)
         elif stage == "sft_baseline":  # a comparison model beside the pipeline: no checkpoint hand-over
-            result = stage_function(stage)(config, progress=progress)
+            result = stage_function(stage)(config, fresh=fresh, progress=progress)
         elif stage == "router":
             result = stage_function("router")(config)
             router_path = str(_field(result, "router_path"))

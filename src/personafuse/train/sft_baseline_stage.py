@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,6 +100,19 @@ def _sft_config(config: TrainConfig, trainer_dir: Path, progress: bool):
                              max_length=config.data.max_length, completion_only_loss=True, packing=False)  # fmt: skip
 
 
+def check_resumable(config: TrainConfig) -> None:
+    """Refuse to resume or reuse a baseline run made with other settings (the pipeline calls it before loading).
+
+    The settings are stage 1's (:func:`~personafuse.train.experts_stage.fingerprint`): model, data, schedule, seed.
+
+    Raises:
+        ConfigError: names what changed and the fix (--fresh, or another output folder).
+    """
+    from personafuse.train.experts_stage import fingerprint, refuse_other_settings
+
+    refuse_other_settings(stage_dir(config), fingerprint(config), "a plain-SFT baseline run")
+
+
 def finished_result(config: TrainConfig) -> SftBaselineResult | None:
     """The result of an earlier finished run in ``output_dir``, if its adapter is there."""
     folder = stage_dir(config)
@@ -108,13 +122,18 @@ def finished_result(config: TrainConfig) -> SftBaselineResult | None:
     return SftBaselineResult(**{**json.loads(path.read_text()), "cached": True})
 
 
-def train_sft_baseline(config: TrainConfig, *, progress: bool = True, **_: Any) -> SftBaselineResult:
+def train_sft_baseline(config: TrainConfig, *, fresh: bool = False, progress: bool = True) -> SftBaselineResult:
     """Train the plain-SFT LoRA baseline and save it to ``<output_dir>/sft_baseline/adapter``.
 
     Args:
         config: the whole training config (uses ``model``, ``data``, ``experts`` as the schedule, ``seed``).
+        fresh: delete what an earlier run left in ``<output_dir>/sft_baseline`` and start over.
         progress: show the Trainer's progress bar.
+
+    Raises:
+        ConfigError: an earlier run in ``output_dir`` used other settings (see :func:`check_resumable`).
     """
+    from accelerate import PartialState
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback, set_seed
@@ -122,16 +141,28 @@ def train_sft_baseline(config: TrainConfig, *, progress: bool = True, **_: Any) 
     from trl import SFTTrainer
 
     from personafuse.atomic_io import staged_folder
+    from personafuse.data.jsonl import write_jsonl_atomic
     from personafuse.models import load_base_model
-    from personafuse.train.metrics import MetricsLogger, plot_losses, quiet_trainer_logs, write_json_atomic
+    from personafuse.train.experts_stage import FINGERPRINT_NAME, fingerprint
+    from personafuse.train.metrics import (
+        MetricsLogger,
+        plot_losses,
+        quiet_trainer_logs,
+        read_metrics,
+        write_json_atomic,
+    )
 
-    done = finished_result(config)
-    if done is not None:
-        return done
     started = time.perf_counter()
     folder = stage_dir(config)
     trainer_dir = folder / "trainer"
     args = _sft_config(config, trainer_dir, progress)  # also sets up the processes under accelerate/torchrun
+    if fresh and args.should_save and folder.exists():
+        shutil.rmtree(folder)
+    PartialState().wait_for_everyone()
+    check_resumable(config)
+    done = finished_result(config)
+    if done is not None:
+        return done
     set_seed(config.seed)
     rows, general = baseline_rows(config)
     model, tokenizer = load_base_model(config.model.base, dtype=getattr(torch, config.model.dtype),
@@ -139,16 +170,23 @@ def train_sft_baseline(config: TrainConfig, *, progress: bool = True, **_: Any) 
     experts = config.model.experts
     lora = LoraConfig(r=experts.rank, lora_alpha=experts.alpha, lora_dropout=experts.dropout,
                       target_modules=experts.target_modules, task_type="CAUSAL_LM")  # fmt: skip
-    metrics = MetricsLogger(folder / "metrics.jsonl", STAGE) if args.should_save else None
+    metrics_path = folder / "metrics.jsonl"
+    resume = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
+    if args.should_save:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / FINGERPRINT_NAME, fingerprint(config))
+        if resume is None:
+            metrics_path.unlink(missing_ok=True)
+        elif metrics_path.is_file():  # rows logged after the checkpoint will be logged again
+            step = int(Path(resume).name.rpartition("-")[2])
+            write_jsonl_atomic(metrics_path, [r for r in read_metrics(metrics_path) if r.get("step", 0) <= step])
+    metrics = MetricsLogger(metrics_path, STAGE) if args.should_save else None
 
     class _Metrics(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if metrics is not None and logs and "loss" in logs:
                 metrics.log(state.global_step, loss=float(logs["loss"]), lr=float(logs.get("learning_rate", 0.0)))
 
-    resume = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
-    if resume is None and metrics is not None:
-        (folder / "metrics.jsonl").unlink(missing_ok=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora, callbacks=[_Metrics()])  # fmt: skip
     quiet_trainer_logs(trainer)
@@ -160,8 +198,8 @@ def train_sft_baseline(config: TrainConfig, *, progress: bool = True, **_: Any) 
     if args.should_save:
         with staged_folder(folder / "adapter") as tmp:
             trainer.model.save_pretrained(tmp)
-        if (folder / "metrics.jsonl").is_file():
-            plot_losses(folder / "metrics.jsonl", folder / "losses.png", keys=["loss"])
+        if metrics_path.is_file():
+            plot_losses(metrics_path, folder / "losses.png", keys=["loss"])
         result.wall_s = round(time.perf_counter() - started, 2)
         write_json_atomic(folder / RESULT_NAME, result.as_dict())
     trainer.accelerator.wait_for_everyone()
