@@ -141,6 +141,37 @@ def refuse_other_settings(folder: Path, current: dict[str, Any], what: str) -> N
         )
 
 
+def begin_run(folder: Path, should_save: bool, fresh: bool, check: Any) -> None:
+    """Start of a resumable Trainer stage: ``fresh`` deletes ``folder`` (main process), then every rank runs
+    ``check()`` (refusing an earlier run made with other settings)."""
+    from accelerate import PartialState
+
+    if fresh and should_save and folder.exists():
+        shutil.rmtree(folder)
+    PartialState().wait_for_everyone()
+    check()
+
+
+def record_start(folder: Path, config: TrainConfig, resumed_step: int | None) -> Path:
+    """Main process, before training: write the run's fingerprint and cut ``metrics.jsonl`` to the resumed step.
+
+    A fresh start drops the old rows; a resume keeps the rows up to its checkpoint (later ones are logged again).
+    Returns the metrics path.
+    """
+    from personafuse.data.jsonl import write_jsonl_atomic
+    from personafuse.train.metrics import read_metrics, write_json_atomic
+
+    metrics_path = folder / "metrics.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / FINGERPRINT_NAME, fingerprint(config))
+    if resumed_step is None:
+        metrics_path.unlink(missing_ok=True)
+    elif metrics_path.is_file():
+        kept = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= resumed_step]
+        write_jsonl_atomic(metrics_path, kept)
+    return metrics_path
+
+
 def complete_checkpoints(trainer_dir: Path) -> list[Path]:
     """Trainer checkpoint folders that were written completely, oldest first.
 
@@ -440,7 +471,6 @@ def train_experts(config: TrainConfig, *, pf: Any = None, data: Any = None, rout
     from accelerate import PartialState
     from transformers import TrainerCallback, set_seed
 
-    from personafuse.data.jsonl import write_jsonl_atomic
     from personafuse.train.expert_data import ExpertCollator, ExpertDataset
     from personafuse.train.metrics import (
         MetricsLogger,
@@ -456,10 +486,7 @@ def train_experts(config: TrainConfig, *, pf: Any = None, data: Any = None, rout
     metrics_path = folder / "metrics.jsonl"
     args = trainer_arguments(config, trainer_dir, progress)  # also sets up the processes under accelerate/torchrun
     processes = PartialState()
-    if fresh and args.should_save and folder.exists():
-        shutil.rmtree(folder)
-    processes.wait_for_everyone()
-    check_resumable(config)
+    begin_run(folder, args.should_save, fresh, lambda: check_resumable(config))
     done = finished_result(config)
     if done is not None and stop_after_steps is None:
         return done
@@ -478,13 +505,8 @@ def train_experts(config: TrainConfig, *, pf: Any = None, data: Any = None, rout
     resume = complete_checkpoints(trainer_dir)
     resume_from = resume[-1] if resume else None
     if args.should_save:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / FINGERPRINT_NAME, fingerprint(config))
-        if resume_from is None:
-            metrics_path.unlink(missing_ok=True)
-        else:  # rows logged after the checkpoint will be logged again
-            step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
-            write_jsonl_atomic(metrics_path, [r for r in read_metrics(metrics_path) if r.get("step", 0) <= step])
+        step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else None
+        record_start(folder, config, step)
         for partial in trainer_dir.glob("checkpoint-*") if trainer_dir.is_dir() else []:
             if partial not in resume:
                 shutil.rmtree(partial, ignore_errors=True)

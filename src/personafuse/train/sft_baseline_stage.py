@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -133,7 +132,6 @@ def train_sft_baseline(config: TrainConfig, *, fresh: bool = False, progress: bo
     Raises:
         ConfigError: an earlier run in ``output_dir`` used other settings (see :func:`check_resumable`).
     """
-    from accelerate import PartialState
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback, set_seed
@@ -141,14 +139,12 @@ def train_sft_baseline(config: TrainConfig, *, fresh: bool = False, progress: bo
     from trl import SFTTrainer
 
     from personafuse.atomic_io import staged_folder
-    from personafuse.data.jsonl import write_jsonl_atomic
     from personafuse.models import load_base_model
-    from personafuse.train.experts_stage import FINGERPRINT_NAME, fingerprint
+    from personafuse.train.experts_stage import begin_run, record_start
     from personafuse.train.metrics import (
         MetricsLogger,
         plot_losses,
         quiet_trainer_logs,
-        read_metrics,
         write_json_atomic,
     )
 
@@ -156,10 +152,7 @@ def train_sft_baseline(config: TrainConfig, *, fresh: bool = False, progress: bo
     folder = stage_dir(config)
     trainer_dir = folder / "trainer"
     args = _sft_config(config, trainer_dir, progress)  # also sets up the processes under accelerate/torchrun
-    if fresh and args.should_save and folder.exists():
-        shutil.rmtree(folder)
-    PartialState().wait_for_everyone()
-    check_resumable(config)
+    begin_run(folder, args.should_save, fresh, lambda: check_resumable(config))
     done = finished_result(config)
     if done is not None:
         return done
@@ -173,13 +166,7 @@ def train_sft_baseline(config: TrainConfig, *, fresh: bool = False, progress: bo
     metrics_path = folder / "metrics.jsonl"
     resume = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
     if args.should_save:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / FINGERPRINT_NAME, fingerprint(config))
-        if resume is None:
-            metrics_path.unlink(missing_ok=True)
-        elif metrics_path.is_file():  # rows logged after the checkpoint will be logged again
-            step = int(Path(resume).name.rpartition("-")[2])
-            write_jsonl_atomic(metrics_path, [r for r in read_metrics(metrics_path) if r.get("step", 0) <= step])
+        record_start(folder, config, int(Path(resume).name.rpartition("-")[2]) if resume else None)
     metrics = MetricsLogger(metrics_path, STAGE) if args.should_save else None
 
     class _Metrics(TrainerCallback):
